@@ -1,0 +1,113 @@
+//! Fixtures shared by the integration tests: the SmolLM2 GGUF that tools/setup.sh installs, its reference
+//! outputs (computed with transformers in f32), and tiny random models of each architecture.
+#![allow(dead_code)] // each test binary uses its own subset
+use mappa::config::{Arch, ModelConfig};
+use mappa::loader::LoadedModel;
+use mappa::tensor::{Tensor, Weights};
+use mappa::tokenizer::TokenizerSpec;
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+
+/// The real model. Missing means setup did not run: that is a failure, never a skip.
+pub fn smollm2_gguf() -> PathBuf {
+    let home = std::env::var_os("MAPPA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mappa"));
+    let p = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.is_file(), "{} is missing: run tools/setup.sh first", p.display());
+    p
+}
+
+pub fn reference() -> serde_json::Value {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/models/smollm2-135m-instruct-q4_1.reference.json");
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+pub fn tiny_config(arch: Arch) -> ModelConfig {
+    ModelConfig {
+        arch,
+        vocab_size: 67,
+        hidden_size: 48,
+        intermediate_size: 80,
+        num_layers: 2,
+        num_heads: 6,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 256,
+        tie_word_embeddings: arch == Arch::Llama,
+        attention_bias: arch == Arch::Qwen2,
+        qk_norm: arch == Arch::Qwen3,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    }
+}
+
+/// HF-named tensors with the shapes `cfg` implies, filled with seeded random values.
+pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Weights {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut w = Weights::default();
+    let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let v = (0..n).map(|_| offset + scale * rng.random_range(-1.0f32..1.0)).collect();
+        w.tensors.insert(name, Tensor::from_f32(shape, v));
+    };
+    let (d, f, q, kv, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+    add("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d], 0.5, 0.0);
+    add("model.norm.weight".into(), vec![d], 0.2, 1.0);
+    if !cfg.tie_word_embeddings {
+        add("lm_head.weight".into(), vec![cfg.vocab_size, d], 0.3, 0.0);
+    }
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        add(format!("{p}.input_layernorm.weight"), vec![d], 0.2, 1.0);
+        add(format!("{p}.post_attention_layernorm.weight"), vec![d], 0.2, 1.0);
+        add(format!("{p}.self_attn.q_proj.weight"), vec![q, d], 0.3, 0.0);
+        add(format!("{p}.self_attn.k_proj.weight"), vec![kv, d], 0.3, 0.0);
+        add(format!("{p}.self_attn.v_proj.weight"), vec![kv, d], 0.3, 0.0);
+        add(format!("{p}.self_attn.o_proj.weight"), vec![d, q], 0.3, 0.0);
+        if cfg.attention_bias {
+            add(format!("{p}.self_attn.q_proj.bias"), vec![q], 0.1, 0.0);
+            add(format!("{p}.self_attn.k_proj.bias"), vec![kv], 0.1, 0.0);
+            add(format!("{p}.self_attn.v_proj.bias"), vec![kv], 0.1, 0.0);
+        }
+        if cfg.qk_norm {
+            add(format!("{p}.self_attn.q_norm.weight"), vec![hd], 0.2, 1.0);
+            add(format!("{p}.self_attn.k_norm.weight"), vec![hd], 0.2, 1.0);
+        }
+        add(format!("{p}.mlp.gate_proj.weight"), vec![f, d], 0.3, 0.0);
+        add(format!("{p}.mlp.up_proj.weight"), vec![f, d], 0.3, 0.0);
+        add(format!("{p}.mlp.down_proj.weight"), vec![d, f], 0.3, 0.0);
+    }
+    w
+}
+
+/// A word-level tokenizer over the tiny vocabulary ("t0" .. "t66"), enough for formats and plumbing.
+pub fn tiny_tokenizer(vocab: usize) -> TokenizerSpec {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..vocab).map(|i| (format!("t{i}"), i.into())).collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+    });
+    TokenizerSpec {
+        tokenizer_json: json.to_string(),
+        chat_template: Some("{% for m in messages %}{{ m['content'] }} {% endfor %}".into()),
+        bos_token: Some("t1".into()),
+        eos_token: Some("t2".into()),
+        add_bos_token: false,
+    }
+}
+
+pub fn tiny_model(arch: Arch, seed: u64) -> LoadedModel {
+    let config = tiny_config(arch);
+    LoadedModel {
+        weights: random_weights(&config, seed),
+        tokenizer: tiny_tokenizer(config.vocab_size),
+        path: PathBuf::from(format!("<tiny {arch:?}>")),
+        config,
+    }
+}
