@@ -1,1 +1,58 @@
-fn main() {}
+//! CPU inference speed for SmolLM2-135M-Instruct in f32: prefill of 128 and 512 tokens and greedy decode of
+//! 128 new tokens, reported as tokens/s. Compare with the peers (llama.cpp F32, PyTorch F32) run in the same
+//! sitting: `../shared/tools/cpu-peers.sh` (see BENCHMARKS.md). Needs tools/setup.sh to have run.
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mappa::cpu::{CpuModel, Logits};
+use mappa::generate::generate;
+use mappa::sample::SamplingParams;
+use mappa::tokenizer::Tokenizer;
+use std::time::Duration;
+
+/// Real text tokens (never a constant id) repeated up to `n`.
+fn prompt_ids(tok: &Tokenizer, n: usize) -> Vec<u32> {
+    let text = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. \
+                How many clips did Natalia sell altogether in April and May? Let us think step by step. ";
+    let base = tok.encode(text, false).expect("encode");
+    base.iter().copied().cycle().take(n).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let home = std::env::var_os("MAPPA_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mappa"));
+    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let loaded = mappa::loader::load(&path).expect("SmolLM2 missing: run tools/setup.sh");
+    let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
+    let model = CpuModel::new(&loaded).expect("model");
+    drop(loaded);
+
+    let mut g = c.benchmark_group("smollm2_f32");
+    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(20));
+    for n in [128, 512] {
+        let ids = prompt_ids(&tok, n);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("prefill_{n}"), |b| {
+            b.iter(|| model.forward(&ids, &mut model.new_cache(), Logits::Last).expect("forward"))
+        });
+    }
+    // Decode: 128 new tokens after a 16-token prompt, no stop token, so every run does the full 128 steps.
+    let ids = prompt_ids(&tok, 16);
+    g.throughput(Throughput::Elements(128));
+    g.bench_function("decode_128", |b| {
+        b.iter(|| {
+            let (mut cache, mut next) = (model.new_cache(), ids.clone());
+            for _ in 0..128 {
+                let logits = model.forward(&next, &mut cache, Logits::Last).expect("forward");
+                next = vec![mappa::sample::argmax(&logits) as u32];
+            }
+        })
+    });
+    g.finish();
+    // Keep generate() itself honest too: same work through the public loop, one sample.
+    let params = SamplingParams::default();
+    let gen = generate(&model, &ids, 128, params, &[], |_| Ok(())).expect("generate");
+    eprintln!("generate(): {} tokens, decode {:.1} tok/s", gen.tokens.len(), gen.tokens.len() as f64 / gen.decode_s);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

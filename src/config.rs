@@ -111,22 +111,22 @@ impl ModelConfig {
     /// Parses a Hugging Face `config.json`.
     pub fn from_hf_json(text: &str) -> Result<ModelConfig> {
         let v: Value = serde_json::from_str(text).context("config.json is not valid JSON")?;
-        let model_type = v.get("model_type").and_then(Value::as_str).context("config.json: missing field \"model_type\"")?;
-        let arch = Arch::from_name(model_type).context("config.json: model_type")?;
+        let model_type = v.get("model_type").and_then(Value::as_str).context("missing field \"model_type\"")?;
+        let arch = Arch::from_name(model_type).context("model_type")?;
         let req = |k: &str| -> Result<usize> {
-            let x = v.get(k).with_context(|| format!("config.json: missing field {k:?}"))?;
-            x.as_u64().map(|n| n as usize).with_context(|| format!("config.json: field {k:?} is not a non-negative integer: {x}"))
+            let x = v.get(k).with_context(|| format!("missing field {k:?}"))?;
+            x.as_u64().map(|n| n as usize).with_context(|| format!("field {k:?} is not a non-negative integer: {x}"))
         };
         let opt_f32 = |k: &str, default: f32| -> Result<f32> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(default),
-                Some(x) => x.as_f64().map(|f| f as f32).with_context(|| format!("config.json: field {k:?} is not a number: {x}")),
+                Some(x) => x.as_f64().map(|f| f as f32).with_context(|| format!("field {k:?} is not a number: {x}")),
             }
         };
         let opt_bool = |k: &str, default: bool| -> Result<bool> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(default),
-                Some(x) => x.as_bool().with_context(|| format!("config.json: field {k:?} is not a boolean: {x}")),
+                Some(x) => x.as_bool().with_context(|| format!("field {k:?} is not a boolean: {x}")),
             }
         };
         let hidden_size = req("hidden_size")?;
@@ -138,7 +138,7 @@ impl ModelConfig {
         let head_dim = match v.get("head_dim") {
             None | Some(Value::Null) => {
                 if num_heads == 0 || hidden_size % num_heads != 0 {
-                    bail!("config.json: no \"head_dim\" and hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}");
+                    bail!("no \"head_dim\" and hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}");
                 }
                 hidden_size / num_heads
             }
@@ -170,7 +170,7 @@ impl ModelConfig {
             bos_token_id: token_ids(v.get("bos_token_id"), "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id")?,
         };
-        cfg.validate().context("config.json")?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -217,10 +217,10 @@ impl ModelConfig {
 fn parse_rope_scaling(rs: &Value) -> Result<Llama3RopeScaling> {
     let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("");
     if kind != "llama3" {
-        bail!("config.json: rope_scaling type {kind:?} is not supported (only \"llama3\")");
+        bail!("rope_scaling type {kind:?} is not supported (only \"llama3\")");
     }
     let f = |k: &str| -> Result<f64> {
-        rs.get(k).and_then(Value::as_f64).with_context(|| format!("config.json: rope_scaling.{k} missing or not a number"))
+        rs.get(k).and_then(Value::as_f64).with_context(|| format!("rope_scaling.{k} missing or not a number"))
     };
     Ok(Llama3RopeScaling {
         factor: f("factor")? as f32,
@@ -232,7 +232,7 @@ fn parse_rope_scaling(rs: &Value) -> Result<Llama3RopeScaling> {
 
 /// `eos_token_id` may be absent, one integer or a list.
 fn token_ids(v: Option<&Value>, key: &str) -> Result<Vec<u32>> {
-    let one = |x: &Value| x.as_u64().map(|n| n as u32).with_context(|| format!("config.json: {key} is not a token id: {x}"));
+    let one = |x: &Value| x.as_u64().map(|n| n as u32).with_context(|| format!("{key} is not a token id: {x}"));
     match v {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(xs)) => xs.iter().map(one).collect(),

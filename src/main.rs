@@ -1,1 +1,198 @@
-fn main() {}
+//! The `mappa` command line: `generate` (one streamed prompt, or a JSONL file of prompts in and completions
+//! with token ids and log-probs out), `convert` (any supported model to a Hugging Face directory), `info`.
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use mappa::cpu::CpuModel;
+use mappa::generate::generate;
+use mappa::sample::SamplingParams;
+use mappa::tensor::DType;
+use mappa::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
+use serde::Deserialize;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "mappa", version, about = "Train teams of LLM agents with per-action coach rewards (MAPPA)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a model (a Hugging Face directory or a .gguf file).
+    Generate(GenerateArgs),
+    /// Convert a model (HF directory or .gguf) to a Hugging Face directory.
+    Convert {
+        input: PathBuf,
+        out_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutDType::Bf16)]
+        dtype: OutDType,
+    },
+    /// Print what this build has: CUDA kernels, nvcc version, a CUDA device.
+    Info,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// One prompt; its completion is streamed to stdout.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    prompt: Option<String>,
+    /// A JSONL file, one {"prompt": "..."} or {"messages": [{"role", "content"}, ...]} per line; one JSON
+    /// line per prompt goes to stdout with the completion, its token ids and their log-probs.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// A system message placed before the prompt (chat mode).
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt as raw text instead of formatting it with the model's chat template.
+    #[arg(long)]
+    no_chat: bool,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 means no top-k cut.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutDType {
+    Bf16,
+    F32,
+}
+
+/// One line of a --prompts file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    prompt: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+    /// Carried through to the output line unchanged.
+    id: Option<serde_json::Value>,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::Convert { input, out_dir, dtype } => {
+            let m = mappa::loader::load(&input)?;
+            let dtype = match dtype {
+                OutDType::Bf16 => DType::BF16,
+                OutDType::F32 => DType::F32,
+            };
+            mappa::hf::write_dir(&m, &out_dir, dtype).with_context(|| format!("writing {}", out_dir.display()))?;
+            eprintln!("wrote {} ({} tensors, {dtype:?})", out_dir.display(), m.weights.tensors.len());
+            Ok(())
+        }
+        Command::Info => {
+            println!("cuda kernels: {}", if mappa::kernels::BUILT { mappa::kernels::NVCC_VERSION } else { "not built (no nvcc at build time)" });
+            println!("cuda device: {}", match mappa::cuda::device() {
+                Some(ctx) => format!("{:?}", ctx.compute_capability().ok()),
+                None => "none".into(),
+            });
+            println!("cpu threads: {}", rayon::current_num_threads());
+            Ok(())
+        }
+    }
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    if let Device::Cuda = a.device {
+        bail!("--device cuda: the CUDA backend is not built yet; use --device cpu");
+    }
+    let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    params.validate()?;
+    let loaded = mappa::loader::load(&a.model)?;
+    let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
+    let model = CpuModel::new(&loaded).with_context(|| format!("building the CPU model from {}", a.model.display()))?;
+    drop(loaded);
+    let encode = |prompt: Option<&str>, messages: Option<Vec<ChatMessage>>| -> Result<Vec<u32>> {
+        if let Some(messages) = messages {
+            return tok.encode_chat(&messages);
+        }
+        let prompt = prompt.context("a prompt line needs \"prompt\" or \"messages\"")?;
+        if a.no_chat {
+            return tok.encode(prompt, true);
+        }
+        let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+        messages.push(ChatMessage::new("user", prompt));
+        tok.encode_chat(&messages)
+    };
+
+    if let Some(prompt) = &a.prompt {
+        let ids = encode(Some(prompt), None)?;
+        let mut stream = StreamDecoder::new();
+        let mut stdout = std::io::stdout().lock();
+        let g = generate(&model, &ids, a.max_new_tokens, params, tok.stop_ids(), |id| {
+            stdout.write_all(stream.push(&tok, id)?.as_bytes())?;
+            Ok(stdout.flush()?)
+        })?;
+        writeln!(stdout)?;
+        let n = g.tokens.len();
+        eprintln!(
+            "[{} prompt tokens in {:.2} s ({:.0} tok/s); {n} new tokens in {:.2} s ({:.1} tok/s); finish: {:?}]",
+            ids.len(), g.prefill_s, ids.len() as f64 / g.prefill_s, g.decode_s, n as f64 / g.decode_s.max(1e-9), g.finish
+        );
+        return Ok(());
+    }
+
+    let path = a.prompts.as_deref().expect("clap requires --prompt or --prompts");
+    let lines = read_prompt_lines(path)?;
+    let mut stdout = std::io::stdout().lock();
+    for (n, line) in lines.into_iter().enumerate() {
+        let ids = encode(line.prompt.as_deref(), line.messages).with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        let g = generate(&model, &ids, a.max_new_tokens, params, tok.stop_ids(), |_| Ok(()))?;
+        let out = serde_json::json!({
+            "id": line.id,
+            "prompt_token_ids": ids,
+            "completion": tok.decode(&g.tokens, true)?,
+            "token_ids": g.tokens,
+            "logprobs": g.logprobs,
+            "finish_reason": g.finish,
+        });
+        writeln!(stdout, "{out}")?;
+    }
+    Ok(())
+}
+
+/// All lines are parsed before any generation starts, so a bad line fails fast and names itself.
+fn read_prompt_lines(path: &Path) -> Result<Vec<PromptLine>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p: PromptLine = serde_json::from_str(&line).with_context(|| format!("{} line {}: not a prompt object", path.display(), n + 1))?;
+        if p.prompt.is_none() == p.messages.is_none() {
+            bail!("{} line {}: give exactly one of \"prompt\" and \"messages\"", path.display(), n + 1);
+        }
+        out.push(p);
+    }
+    Ok(out)
+}

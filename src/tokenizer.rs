@@ -1,6 +1,8 @@
 //! Tokenizer and chat template: encode/decode through the `tokenizers` crate, chat formatting through
 //! minijinja running the model's own Jinja template (ChatML when the model has none), and the stop tokens.
+use crate::config::ModelConfig;
 use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
 
 /// What a checkpoint says about its tokenizer, in the shape of Hugging Face's files: `tokenizer.json`
 /// (verbatim) and the few fields of `tokenizer_config.json` we use. GGUF files are converted to this.
@@ -13,4 +15,134 @@ pub struct TokenizerSpec {
     pub eos_token: Option<String>,
     /// Whether plain encoding starts with the BOS token.
     pub add_bos_token: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// Used when a model ships no template.
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
+{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Tokens that end an assistant turn in the common chat formats; one that the template writes is a stop token.
+const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    template: String,
+    bos_token: String,
+    eos_token: String,
+    stop_ids: Vec<u32>,
+}
+
+impl Tokenizer {
+    pub fn new(spec: &TokenizerSpec, config: &ModelConfig) -> Result<Tokenizer> {
+        let inner: tokenizers::Tokenizer = spec.tokenizer_json.parse().map_err(|e| anyhow!("invalid tokenizer.json: {e}"))?;
+        let template = spec.chat_template.clone().unwrap_or_else(|| CHATML.to_owned());
+        let mut stop_ids = config.eos_token_ids.clone();
+        let named_eos = spec.eos_token.iter().map(String::as_str);
+        let turn_ends = END_OF_TURN.into_iter().filter(|t| template.contains(t));
+        stop_ids.extend(named_eos.chain(turn_ends).filter_map(|t| inner.token_to_id(t)));
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        let tok = Tokenizer {
+            inner,
+            bos_token: spec.bos_token.clone().unwrap_or_default(),
+            eos_token: spec.eos_token.clone().unwrap_or_default(),
+            template,
+            stop_ids,
+        };
+        // Fail at load time, not at the first prompt, when the template does not compile or render.
+        tok.apply_chat_template(&[ChatMessage::new("user", "hi")], true).context("the model's chat template does not render")?;
+        Ok(tok)
+    }
+
+    /// Token ids of `text`; `add_special` applies the tokenizer's post-processor (e.g. a BOS token).
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special).map_err(|e| anyhow!("tokenizer failed to encode: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| anyhow!("tokenizer failed to decode: {e}"))
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Tokens that end generation: the config's eos ids, the tokenizer's eos token, and the end-of-turn
+    /// marker the chat template writes.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// The prompt text for `messages`, rendered by the model's template as transformers would
+    /// (`trim_blocks` and `lstrip_blocks` on, Python string methods available).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", &self.template).context("chat template does not compile")?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        env.get_template("chat")?.render(ctx).context("rendering the chat template")
+    }
+
+    /// Chat-formatted prompt ids. The template writes any special tokens itself, so none are added.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.encode(&self.apply_chat_template(messages, true)?, false)
+    }
+}
+
+/// Turns a growing list of token ids into text pieces as they become printable: a multi-byte character
+/// split over several tokens is held back until it is complete.
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl StreamDecoder {
+    pub fn new() -> StreamDecoder {
+        StreamDecoder { ids: Vec::new(), printed: 0 }
+    }
+
+    /// Adds a token; returns the newly printable text (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
+            return Ok(String::new());
+        }
+        let piece = text[self.printed..].to_owned();
+        self.printed = text.len();
+        Ok(piece)
+    }
+}
+
+impl Default for StreamDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }

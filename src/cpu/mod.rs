@@ -1,1 +1,8 @@
-//! The CPU reference backend: f32, multithreaded (rayon), the oracle every CUDA kernel is tested against.
+//! The CPU reference backend: f32, multithreaded (rayon; RAYON_NUM_THREADS sets the thread count), the oracle
+//! every CUDA kernel is tested against. `ops` holds the elementwise and attention pieces, `linear` the GEMMs,
+//! `model` the decoder that strings them together.
+pub mod linear;
+pub mod model;
+pub mod ops;
+
+pub use model::{CpuModel, KvCache, Logits};
