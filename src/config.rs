@@ -144,9 +144,18 @@ impl ModelConfig {
             }
             Some(_) => req("head_dim")?,
         };
-        let rope_scaling = match v.get("rope_scaling") {
-            None | Some(Value::Null) => None,
-            Some(rs) => Some(parse_rope_scaling(rs)?),
+        reject_unsupported(&v)?;
+        // transformers >= 5 writes `rope_parameters` (theta and scaling together); older versions write
+        // `rope_theta` and `rope_scaling`.
+        let (rope_theta, rope_scaling) = match v.get("rope_parameters") {
+            Some(rp @ Value::Object(_)) => {
+                let theta = rp.get("rope_theta").and_then(Value::as_f64).context("rope_parameters.rope_theta missing or not a number")?;
+                (theta as f32, parse_rope_scaling(rp)?)
+            }
+            _ => (opt_f32("rope_theta", 10000.0)?, match v.get("rope_scaling") {
+                None | Some(Value::Null) => None,
+                Some(rs) => parse_rope_scaling(rs)?,
+            }),
         };
         let cfg = ModelConfig {
             arch,
@@ -158,7 +167,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             rms_norm_eps: opt_f32("rms_norm_eps", 1e-6)?,
-            rope_theta: opt_f32("rope_theta", 10000.0)?,
+            rope_theta,
             rope_scaling,
             max_position_embeddings: match v.get("max_position_embeddings") {
                 None | Some(Value::Null) => 4096,
@@ -214,20 +223,38 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(rs: &Value) -> Result<Llama3RopeScaling> {
-    let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("");
-    if kind != "llama3" {
-        bail!("rope_scaling type {kind:?} is not supported (only \"llama3\")");
+fn parse_rope_scaling(rs: &Value) -> Result<Option<Llama3RopeScaling>> {
+    let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("default");
+    match kind {
+        "default" => return Ok(None),
+        "llama3" => {}
+        other => bail!("RoPE scaling type {other:?} is not supported (only \"default\" and \"llama3\")"),
     }
     let f = |k: &str| -> Result<f64> {
-        rs.get(k).and_then(Value::as_f64).with_context(|| format!("rope_scaling.{k} missing or not a number"))
+        rs.get(k).and_then(Value::as_f64).with_context(|| format!("llama3 RoPE scaling: {k} missing or not a number"))
     };
-    Ok(Llama3RopeScaling {
+    Ok(Some(Llama3RopeScaling {
         factor: f("factor")? as f32,
         low_freq_factor: f("low_freq_factor")? as f32,
         high_freq_factor: f("high_freq_factor")? as f32,
         original_max_position_embeddings: f("original_max_position_embeddings")? as usize,
-    })
+    }))
+}
+
+/// Settings that change the computation in ways the decoder does not implement: refuse rather than
+/// silently compute something else.
+fn reject_unsupported(v: &Value) -> Result<()> {
+    if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
+        if act != "silu" && act != "swish" {
+            bail!("hidden_act {act:?} is not supported (only silu)");
+        }
+    }
+    for flag in ["mlp_bias", "use_sliding_window"] {
+        if v.get(flag).and_then(Value::as_bool) == Some(true) {
+            bail!("{flag} = true is not supported");
+        }
+    }
+    Ok(())
 }
 
 /// `eos_token_id` may be absent, one integer or a list.

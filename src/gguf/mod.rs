@@ -2,8 +2,8 @@
 pub mod reader;
 pub mod tokenizer;
 pub mod value;
+pub mod quant;
+mod load;
 
+pub use load::{load, load_weights};
 pub use reader::{GgufFile, TensorInfo};
-
-use crate::loader::LoadedModel;
-pub fn load(_path: &std::path::Path) -> anyhow::Result<LoadedModel> { anyhow::bail!("todo") }
