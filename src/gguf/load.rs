@@ -217,11 +217,11 @@ fn float_dtype(ggml_type: u32) -> Option<DType> {
 fn read_tensor(file: &GgufFile, info: &TensorInfo, permute_heads: Option<usize>) -> Result<Tensor> {
     let shape = info.dims.iter().rev().map(|&d| usize::try_from(d).context("dimension too large")).collect::<Result<Vec<_>>>()?;
     let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).with_context(|| format!("element count of {:?} overflows", info.dims))?;
+    let nbytes = quant::byte_size(info.ggml_type, numel)?;
     // ggml quantises each row (the contiguous axis) on its own, so a row must hold whole blocks.
     if let Some(&row) = shape.last() {
-        quant::byte_size(info.ggml_type, row).context("bad row length")?;
+        quant::byte_size(info.ggml_type, row).context("rows of partial blocks")?;
     }
-    let nbytes = quant::byte_size(info.ggml_type, numel)?;
     let range = info.offset..info.offset.saturating_add(nbytes);
     if range.end > file.map.len() {
         bail!(
