@@ -19,7 +19,8 @@ use std::sync::Arc;
 pub fn load(path: &Path) -> Result<LoadedModel> {
     let file = GgufFile::open(path)?;
     let (config, weights) = load_weights(&file)?;
-    let tokenizer = super::tokenizer::from_metadata(&file.metadata).context("building the tokenizer from GGUF metadata")?;
+    let tokenizer =
+        super::tokenizer::from_metadata(&file.metadata).context("building the tokenizer from GGUF metadata")?;
     Ok(LoadedModel { config, weights, tokenizer, path: path.to_owned() })
 }
 
@@ -41,7 +42,11 @@ pub fn load_weights(file: &GgufFile) -> Result<(ModelConfig, Weights)> {
                 let divisors = read_tensor(file, info, None).with_context(what)?.to_f32();
                 config.rope_scaling = llama3_rope_scaling(&divisors, &config).with_context(what)?;
             }
-            None => bail!("tensor {:?} is not part of a {} model (unknown GGUF tensor name)", info.name, config.arch.model_type()),
+            None => bail!(
+                "tensor {:?} is not part of a {} model (unknown GGUF tensor name)",
+                info.name,
+                config.arch.model_type()
+            ),
         }
     }
     check_tensors(&config, &weights).context("checking the tensors against the config")?;
@@ -55,23 +60,35 @@ impl Meta<'_> {
     fn usize(&self, key: &str) -> Result<Option<usize>> {
         self.0
             .get(key)
-            .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()).with_context(|| format!("metadata {key:?} is not a non-negative integer: {v:?}")))
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .with_context(|| format!("metadata {key:?} is not a non-negative integer: {v:?}"))
+            })
             .transpose()
     }
     fn req_usize(&self, key: &str) -> Result<usize> {
         self.usize(key)?.with_context(|| format!("missing metadata key {key:?}"))
     }
     fn f32(&self, key: &str) -> Result<Option<f32>> {
-        self.0.get(key).map(|v| v.as_f64().map(|x| x as f32).with_context(|| format!("metadata {key:?} is not a number: {v:?}"))).transpose()
+        self.0
+            .get(key)
+            .map(|v| v.as_f64().map(|x| x as f32).with_context(|| format!("metadata {key:?} is not a number: {v:?}")))
+            .transpose()
     }
     fn req_f32(&self, key: &str) -> Result<f32> {
         self.f32(key)?.with_context(|| format!("missing metadata key {key:?}"))
     }
     fn str(&self, key: &str) -> Result<Option<&str>> {
-        self.0.get(key).map(|v| v.as_str().with_context(|| format!("metadata {key:?} is not a string: {v:?}"))).transpose()
+        self.0
+            .get(key)
+            .map(|v| v.as_str().with_context(|| format!("metadata {key:?} is not a string: {v:?}")))
+            .transpose()
     }
     fn token_id(&self, key: &str) -> Result<Option<u32>> {
-        self.usize(key)?.map(|id| u32::try_from(id).with_context(|| format!("metadata {key:?}: token id {id} is too large"))).transpose()
+        self.usize(key)?
+            .map(|id| u32::try_from(id).with_context(|| format!("metadata {key:?}: token id {id} is too large")))
+            .transpose()
     }
 }
 
@@ -88,7 +105,10 @@ fn read_config(file: &GgufFile) -> Result<ModelConfig> {
     let head_dim = match meta.usize(&key("attention.key_length"))? {
         Some(h) => h,
         None if num_heads > 0 && hidden_size % num_heads == 0 => hidden_size / num_heads,
-        None => bail!("no {:?} and embedding_length {hidden_size} is not divisible by head_count {num_heads}", key("attention.key_length")),
+        None => bail!(
+            "no {:?} and embedding_length {hidden_size} is not divisible by head_count {num_heads}",
+            key("attention.key_length")
+        ),
     };
     check_head_dims(&meta, arch_name, head_dim)?;
     let has_tensor = |name: &str| file.tensors.iter().any(|t| t.name == name);
@@ -118,7 +138,10 @@ fn read_config(file: &GgufFile) -> Result<ModelConfig> {
 
 /// Features of the GGUF config that ModelConfig cannot express are refused rather than ignored.
 fn check_head_dims(meta: &Meta, arch: &str, head_dim: usize) -> Result<()> {
-    for (k, what) in [("attention.value_length", "a value head size different from the key head size"), ("rope.dimension_count", "partial rotary embeddings")] {
+    for (k, what) in [
+        ("attention.value_length", "a value head size different from the key head size"),
+        ("rope.dimension_count", "partial rotary embeddings"),
+    ] {
         let key = format!("{arch}.{k}");
         if let Some(n) = meta.usize(&key)?.filter(|&n| n != head_dim) {
             bail!("{key:?} is {n} but the head size is {head_dim}: {what} are not supported");
@@ -215,8 +238,16 @@ fn float_dtype(ggml_type: u32) -> Option<DType> {
 /// One tensor in PyTorch shape order, its bytes checked to lie inside the file; rows un-permuted over
 /// `permute_heads` heads when given.
 fn read_tensor(file: &GgufFile, info: &TensorInfo, permute_heads: Option<usize>) -> Result<Tensor> {
-    let shape = info.dims.iter().rev().map(|&d| usize::try_from(d).context("dimension too large")).collect::<Result<Vec<_>>>()?;
-    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).with_context(|| format!("element count of {:?} overflows", info.dims))?;
+    let shape = info
+        .dims
+        .iter()
+        .rev()
+        .map(|&d| usize::try_from(d).context("dimension too large"))
+        .collect::<Result<Vec<_>>>()?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .with_context(|| format!("element count of {:?} overflows", info.dims))?;
     let nbytes = quant::byte_size(info.ggml_type, numel)?;
     // ggml quantises each row (the contiguous axis) on its own, so a row must hold whole blocks.
     if let Some(&row) = shape.last() {
@@ -269,8 +300,9 @@ fn llama3_rope_scaling(divisors: &[f32], c: &ModelConfig) -> Result<Option<Llama
     if divisors.iter().all(|&r| r == 1.0) {
         return Ok(None);
     }
-    let wavelengths: Vec<f64> =
-        (0..divisors.len()).map(|i| 2.0 * std::f64::consts::PI * (c.rope_theta as f64).powf(2.0 * i as f64 / c.head_dim as f64)).collect();
+    let wavelengths: Vec<f64> = (0..divisors.len())
+        .map(|i| 2.0 * std::f64::consts::PI * (c.rope_theta as f64).powf(2.0 * i as f64 / c.head_dim as f64))
+        .collect();
     let factor = divisors.iter().fold(1f32, |m, &r| m.max(r)) as f64;
     // In the blend r = 1 / ((1 - s) / factor + s), where s = (original / wavelength - low) / (high - low)
     // is linear in 1 / wavelength: s = a / wavelength - b with (low = 1) a = original / (high - 1), b = 1 / (high - 1).
@@ -299,7 +331,7 @@ fn llama3_rope_scaling(divisors: &[f32], c: &ModelConfig) -> Result<Option<Llama
     for (i, (&wl, &r)) in wavelengths.iter().zip(divisors).enumerate() {
         let want = llama3_divisor(&scaling, wl);
         if (want - r as f64).abs() > 1e-3 * want {
-            bail!("frequency factor {i} is {r}, but the Llama 3 rope scaling that fits the others ({scaling:?}) gives {want}");
+            bail!("frequency factor {i} is {r}, the Llama 3 scaling that fits the others ({scaling:?}) gives {want}");
         }
     }
     Ok(Some(scaling))
@@ -307,8 +339,12 @@ fn llama3_rope_scaling(divisors: &[f32], c: &ModelConfig) -> Result<Option<Llama
 
 /// What Llama 3 rope scaling divides a frequency of this wavelength by (llama.cpp's rope_freqs entry).
 fn llama3_divisor(s: &Llama3RopeScaling, wavelength: f64) -> f64 {
-    let (old, low, high, factor) =
-        (s.original_max_position_embeddings as f64, s.low_freq_factor as f64, s.high_freq_factor as f64, s.factor as f64);
+    let (old, low, high, factor) = (
+        s.original_max_position_embeddings as f64,
+        s.low_freq_factor as f64,
+        s.high_freq_factor as f64,
+        s.factor as f64,
+    );
     if wavelength < old / high {
         1.0
     } else if wavelength > old / low {
@@ -333,7 +369,10 @@ fn check_tensors(c: &ModelConfig, w: &Weights) -> Result<()> {
 
 fn expected_shapes(c: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
     let (d, f, q, kv, hd, v) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim, c.vocab_size);
-    let mut m = BTreeMap::from([("model.embed_tokens.weight".to_owned(), vec![v, d]), ("model.norm.weight".to_owned(), vec![d])]);
+    let mut m = BTreeMap::from([
+        ("model.embed_tokens.weight".to_owned(), vec![v, d]),
+        ("model.norm.weight".to_owned(), vec![d]),
+    ]);
     if !c.tie_word_embeddings {
         m.insert("lm_head.weight".to_owned(), vec![v, d]);
     }

@@ -19,6 +19,7 @@ pub const BF16: u32 = 30;
 
 /// ggml's names by type id, including types we do not decode (and ids ggml has since retired), so that
 /// messages can say which type a file uses.
+#[rustfmt::skip]
 const NAMES: [&str; 40] = [
     "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
     "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16",
@@ -34,15 +35,18 @@ pub fn type_name(ggml_type: u32) -> String {
     }
 }
 
-/// `block` elements stored in `bytes` bytes; `decode` turns one block's bytes into its `block` values.
+/// Turns one block's bytes into its values.
+type Decode = fn(&[u8], &mut [f32]);
+
+/// `block` elements stored in `bytes` bytes.
 struct Layout {
     block: usize,
     bytes: usize,
-    decode: fn(&[u8], &mut [f32]),
+    decode: Decode,
 }
 
 fn layout(ggml_type: u32) -> Result<Layout> {
-    let (block, bytes, decode): (usize, usize, fn(&[u8], &mut [f32])) = match ggml_type {
+    let (block, bytes, decode): (usize, usize, Decode) = match ggml_type {
         F32 => (1, 4, decode_f32),
         F16 => (1, 2, decode_f16),
         BF16 => (1, 2, decode_bf16),
@@ -66,7 +70,9 @@ pub fn byte_size(ggml_type: u32, n: usize) -> Result<usize> {
     if n % l.block != 0 {
         bail!("{n} elements are not a whole number of {} blocks ({} elements each)", type_name(ggml_type), l.block);
     }
-    (n / l.block).checked_mul(l.bytes).with_context(|| format!("{n} {} elements overflow the address space", type_name(ggml_type)))
+    (n / l.block)
+        .checked_mul(l.bytes)
+        .with_context(|| format!("{n} {} elements overflow the address space", type_name(ggml_type)))
 }
 
 /// Values per rayon task: large enough that scheduling costs nothing next to decoding.
@@ -81,11 +87,13 @@ pub fn dequantize(ggml_type: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     }
     let blocks_per_task = (TASK_ELEMS / l.block).max(1);
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(blocks_per_task * l.block).zip(bytes.par_chunks(blocks_per_task * l.bytes)).for_each(|(out, bytes)| {
-        for (y, b) in out.chunks_exact_mut(l.block).zip(bytes.chunks_exact(l.bytes)) {
-            (l.decode)(b, y);
-        }
-    });
+    out.par_chunks_mut(blocks_per_task * l.block).zip(bytes.par_chunks(blocks_per_task * l.bytes)).for_each(
+        |(out, bytes)| {
+            for (y, b) in out.chunks_exact_mut(l.block).zip(bytes.chunks_exact(l.bytes)) {
+                (l.decode)(b, y);
+            }
+        },
+    );
     Ok(out)
 }
 
