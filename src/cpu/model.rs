@@ -5,24 +5,25 @@
 //! q and k. Keys and values of every position seen so far live in a `KvCache`, so generation feeds one new
 //! token at a time while a prompt goes through in one batched call.
 use super::linear::linear;
-use super::ops::{attention, rmsnorm, rmsnorm_inplace, silu_mul, Rope};
+use super::ops::{attention, rmsnorm, rmsnorm_inplace, swiglu, Rope};
 use crate::config::ModelConfig;
 use crate::loader::LoadedModel;
 use anyhow::{bail, Result};
 
+/// One decoder layer. q/k/v and gate/up are each one matrix (rows stacked), so a token needs four matrix
+/// products per layer instead of seven.
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
+    /// `[q_dim + 2 kv_dim, hidden]`: q_proj, k_proj, v_proj rows.
+    w_qkv: Vec<f32>,
+    /// q, k, v biases in the same order (qwen2).
+    b_qkv: Option<Vec<f32>>,
     wo: Vec<f32>,
-    /// q, k, v biases (qwen2).
-    bias: Option<[Vec<f32>; 3]>,
     /// q and k per-head norms (qwen3).
     qk_norm: Option<[Vec<f32>; 2]>,
     mlp_norm: Vec<f32>,
-    w_gate: Vec<f32>,
-    w_up: Vec<f32>,
+    /// `[2 intermediate, hidden]`: gate_proj then up_proj rows.
+    w_gate_up: Vec<f32>,
     w_down: Vec<f32>,
 }
 
@@ -72,27 +73,32 @@ impl CpuModel {
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let a = format!("{p}.self_attn");
+                let stack = |parts: &[(&str, &[usize])]| -> Result<Vec<f32>> {
+                    let mut v = Vec::new();
+                    for (name, shape) in parts {
+                        v.extend(get(name, shape)?);
+                    }
+                    Ok(v)
+                };
+                let (qn, kn, vn) = (format!("{a}.q_proj"), format!("{a}.k_proj"), format!("{a}.v_proj"));
                 Ok(Layer {
                     attn_norm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
-                    wq: get(&format!("{a}.q_proj.weight"), &[q, d])?,
-                    wk: get(&format!("{a}.k_proj.weight"), &[kv, d])?,
-                    wv: get(&format!("{a}.v_proj.weight"), &[kv, d])?,
-                    wo: get(&format!("{a}.o_proj.weight"), &[d, q])?,
-                    bias: match c.attention_bias {
-                        true => Some([
-                            get(&format!("{a}.q_proj.bias"), &[q])?,
-                            get(&format!("{a}.k_proj.bias"), &[kv])?,
-                            get(&format!("{a}.v_proj.bias"), &[kv])?,
-                        ]),
+                    w_qkv: stack(&[
+                        (&format!("{qn}.weight"), &[q, d]),
+                        (&format!("{kn}.weight"), &[kv, d]),
+                        (&format!("{vn}.weight"), &[kv, d]),
+                    ])?,
+                    b_qkv: match c.attention_bias {
+                        true => Some(stack(&[(&format!("{qn}.bias"), &[q]), (&format!("{kn}.bias"), &[kv]), (&format!("{vn}.bias"), &[kv])])?),
                         false => None,
                     },
+                    wo: get(&format!("{a}.o_proj.weight"), &[d, q])?,
                     qk_norm: match c.qk_norm {
                         true => Some([get(&format!("{a}.q_norm.weight"), &[hd])?, get(&format!("{a}.k_norm.weight"), &[hd])?]),
                         false => None,
                     },
                     mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                    w_gate: get(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
-                    w_up: get(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
+                    w_gate_up: stack(&[(&format!("{p}.mlp.gate_proj.weight"), &[f, d]), (&format!("{p}.mlp.up_proj.weight"), &[f, d])])?,
                     w_down: get(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
                 })
             })
@@ -131,38 +137,41 @@ impl CpuModel {
         for &id in tokens {
             x.extend_from_slice(&self.embed[id as usize * d..][..d]);
         }
-        let (mut h, mut q, mut k, mut v) = (vec![0f32; t * d], vec![0f32; t * qd], vec![0f32; t * kvd], vec![0f32; t * kvd]);
-        let (mut att, mut gate, mut up) = (vec![0f32; t * qd], vec![0f32; t * f], vec![0f32; t * f]);
+        let qkvd = qd + 2 * kvd;
+        let (mut h, mut qkv, mut q, mut k) = (vec![0f32; t * d], vec![0f32; t * qkvd], vec![0f32; t * qd], vec![0f32; t * kvd]);
+        let (mut att, mut gate_up, mut act) = (vec![0f32; t * qd], vec![0f32; t * 2 * f], vec![0f32; t * f]);
+        let (cos, sin) = self.rope.table(start, t);
+        let half = hd / 2;
         for (layer, (kc, vc)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
             rmsnorm(&mut h, &x, &layer.attn_norm, c.rms_norm_eps);
-            linear(&mut q, &h, &layer.wq, t, d, qd, false);
-            linear(&mut k, &h, &layer.wk, t, d, kvd, false);
-            linear(&mut v, &h, &layer.wv, t, d, kvd, false);
-            if let Some([bq, bk, bv]) = &layer.bias {
-                for (m, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
-                    for row in m.chunks_exact_mut(b.len()) {
-                        row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    }
+            linear(&mut qkv, &h, &layer.w_qkv, t, d, qkvd, false);
+            if let Some(b) = &layer.b_qkv {
+                for row in qkv.chunks_exact_mut(qkvd) {
+                    row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                 }
+            }
+            for (i, row) in qkv.chunks_exact(qkvd).enumerate() {
+                q[i * qd..][..qd].copy_from_slice(&row[..qd]);
+                k[i * kvd..][..kvd].copy_from_slice(&row[qd..qd + kvd]);
+                vc.extend_from_slice(&row[qd + kvd..]);
             }
             if let Some([nq, nk]) = &layer.qk_norm {
                 rmsnorm_inplace(&mut q, nq, c.rms_norm_eps);
                 rmsnorm_inplace(&mut k, nk, c.rms_norm_eps);
             }
             for i in 0..t {
-                self.rope.apply(&mut q[i * qd..][..qd], start + i);
-                self.rope.apply(&mut k[i * kvd..][..kvd], start + i);
+                let (cs, sn) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                Rope::apply(&mut q[i * qd..][..qd], cs, sn);
+                Rope::apply(&mut k[i * kvd..][..kvd], cs, sn);
             }
             kc.extend_from_slice(&k);
-            vc.extend_from_slice(&v);
             attention(&mut att, &q, kc, vc, t, c.num_heads, c.num_kv_heads, hd);
             linear(&mut x, &att, &layer.wo, t, qd, d, true);
 
             rmsnorm(&mut h, &x, &layer.mlp_norm, c.rms_norm_eps);
-            linear(&mut gate, &h, &layer.w_gate, t, d, f, false);
-            linear(&mut up, &h, &layer.w_up, t, d, f, false);
-            silu_mul(&mut gate, &up);
-            linear(&mut x, &gate, &layer.w_down, t, f, d, true);
+            linear(&mut gate_up, &h, &layer.w_gate_up, t, d, 2 * f, false);
+            swiglu(&mut act, &gate_up, f);
+            linear(&mut x, &act, &layer.w_down, t, f, d, true);
         }
         cache.len += t;
 

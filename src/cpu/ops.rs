@@ -53,25 +53,43 @@ impl Rope {
         Rope { inv_freq }
     }
 
-    /// Rotates every head (`head_dim`-wide chunk) of one token's q or k vector for position `pos`.
-    pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let half = self.inv_freq.len();
+    /// cos and sin of every (position, frequency) pair for positions start..start + t: `[t, hd / 2]` each.
+    /// Computed once per forward pass and shared by all layers.
+    pub fn table(&self, start: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
+        let (mut cos, mut sin) = (Vec::with_capacity(t * self.inv_freq.len()), Vec::with_capacity(t * self.inv_freq.len()));
+        for pos in start..start + t {
+            for &f in &self.inv_freq {
+                let (s, c) = (pos as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        (cos, sin)
+    }
+
+    /// Rotates every head (`head_dim`-wide chunk) of one token's q or k vector by that token's row of the
+    /// table (`cos`, `sin`: `hd / 2` values each).
+    pub fn apply(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = cos.len();
         for head in x.chunks_exact_mut(2 * half) {
             let (a, b) = head.split_at_mut(half);
-            for ((x1, x2), &f) in a.iter_mut().zip(b.iter_mut()).zip(&self.inv_freq) {
-                let (sin, cos) = (pos as f32 * f).sin_cos();
+            for (((x1, x2), &c), &s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
                 let (u, v) = (*x1, *x2);
-                *x1 = u * cos - v * sin;
-                *x2 = v * cos + u * sin;
+                *x1 = u * c - v * s;
+                *x2 = v * c + u * s;
             }
         }
     }
 }
 
-/// SwiGLU: gate <- silu(gate) * up.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+/// SwiGLU over rows of `[gate | up]` (the fused gate/up projection, `2f` wide): out = silu(gate) * up,
+/// `f` wide.
+pub fn swiglu(out: &mut [f32], gate_up: &[f32], f: usize) {
+    for (o, gu) in out.chunks_exact_mut(f).zip(gate_up.chunks_exact(2 * f)) {
+        let (g, u) = gu.split_at(f);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
     }
 }
 
