@@ -1,45 +1,70 @@
-//! Linear layers: y = x W^T with PyTorch's `[out_features, in_features]` weights, on the `gemm` crate
-//! (packed, SIMD microkernels, rayon threads). Row-major everywhere: x is `[t, in]`, y is `[t, out]`.
+//! Matrix products on the `gemm` crate (packed SIMD microkernels, rayon threads): `linear` for layers with
+//! PyTorch's `[out_features, in_features]` weights, `matmul` for strided views (attention's QK^T and PV).
 //!
 //! One token at a time (decode) is a matrix-vector product, bound by reading W. The crate's GEMV is
 //! single-threaded, so that case splits W's rows over the threads and runs the crate's GEMV on each slice:
 //! every core streams its own share of the weights.
 use rayon::prelude::*;
 
+/// A read-only `rows x cols` matrix inside a slice: element (r, c) is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A contiguous row-major matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
+        View { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose, without moving data.
+    pub fn t(self) -> View<'a> {
+        View { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    fn check(&self, what: &str) {
+        let last = if self.rows == 0 || self.cols == 0 { 0 } else { (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1 };
+        assert!(last <= self.data.len(), "matmul: {what} view {}x{} (strides {}, {}) overruns its {} values", self.rows, self.cols, self.rs, self.cs, self.data.len());
+    }
+}
+
+/// dst = scale * a b (or dst += when `accumulate`); dst is contiguous row-major `a.rows x b.cols`.
+pub fn matmul(dst: &mut [f32], a: View, b: View, scale: f32, accumulate: bool, par: gemm::Parallelism) {
+    assert_eq!(a.cols, b.rows, "matmul: inner dimensions {} and {} differ", a.cols, b.rows);
+    assert_eq!(dst.len(), a.rows * b.cols, "matmul: dst has {} values, want {} x {}", dst.len(), a.rows, b.cols);
+    a.check("left");
+    b.check("right");
+    // Safety: every index the strides address lies inside its slice (checked above).
+    unsafe {
+        gemm::gemm(
+            a.rows, b.cols, a.cols,
+            dst.as_mut_ptr(), 1, b.cols as isize, accumulate,
+            a.data.as_ptr(), a.cs as isize, a.rs as isize,
+            b.data.as_ptr(), b.cs as isize, b.rs as isize,
+            1.0, scale, false, false, false,
+            par,
+        );
+    }
+}
+
 /// y = x W^T, or y += x W^T when `accumulate` (used to add a projection straight into the residual stream).
+/// x is `[t, inp]`, W is `[out, inp]`, y is `[t, out]`.
 pub fn linear(y: &mut [f32], x: &[f32], w: &[f32], t: usize, inp: usize, out: usize, accumulate: bool) {
-    assert_eq!(x.len(), t * inp, "linear: x has {} values, want {t} x {inp}", x.len());
     assert_eq!(w.len(), out * inp, "linear: w has {} values, want {out} x {inp}", w.len());
-    assert_eq!(y.len(), t * out, "linear: y has {} values, want {t} x {out}", y.len());
     let threads = rayon::current_num_threads();
     if t == 1 && threads > 1 && out * inp >= 1 << 16 {
         // One slice per thread: more slices measured slower (each is another hand-off), even on the
         // 49152-row LM head.
         let rows = out.div_ceil(threads).next_multiple_of(16);
         y.par_chunks_mut(rows).zip(w.par_chunks(rows * inp)).for_each(|(ys, ws)| {
-            gemm_into(ys, x, ws, 1, inp, ys.len(), accumulate, gemm::Parallelism::None)
+            let wt = View::rows(ws, ys.len(), inp).t();
+            matmul(ys, View::rows(x, 1, inp), wt, 1.0, accumulate, gemm::Parallelism::None)
         });
     } else {
         let par = if t * inp * out < 1 << 16 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
-        gemm_into(y, x, w, t, inp, out, accumulate, par);
+        matmul(y, View::rows(x, t, inp), View::rows(w, out, inp).t(), 1.0, accumulate, par);
     }
 }
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(y: &mut [f32], x: &[f32], w: &[f32], t: usize, inp: usize, out: usize, acc: bool, par: gemm::Parallelism) {
-    debug_assert!(x.len() == t * inp && w.len() == out * inp && y.len() == t * out);
-    // Safety: the three slices have exactly the extents the strides below address (checked by the callers).
-    unsafe {
-        gemm::gemm(
-            t, out, inp,
-            y.as_mut_ptr(), 1, out as isize, acc,
-            x.as_ptr(), 1, inp as isize,
-            // W^T as a [inp, out] matrix: element (i, o) lives at w[o * inp + i].
-            w.as_ptr(), inp as isize, 1,
-            1.0, 1.0, false, false, false,
-            par,
-        );
-    }
-}
-
-

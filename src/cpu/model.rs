@@ -4,6 +4,7 @@
 //! x += down(silu(gate(h)) * up(h)) on h = rmsnorm(x). qwen2 adds q/k/v biases, qwen3 a per-head RMSNorm on
 //! q and k. Keys and values of every position seen so far live in a `KvCache`, so generation feeds one new
 //! token at a time while a prompt goes through in one batched call.
+use super::hugebuf::HugeBuf;
 use super::linear::linear;
 use super::ops::{attention, rmsnorm, rmsnorm_inplace, swiglu, Rope};
 use crate::config::ModelConfig;
@@ -15,23 +16,23 @@ use anyhow::{bail, Result};
 struct Layer {
     attn_norm: Vec<f32>,
     /// `[q_dim + 2 kv_dim, hidden]`: q_proj, k_proj, v_proj rows.
-    w_qkv: Vec<f32>,
+    w_qkv: HugeBuf,
     /// q, k, v biases in the same order (qwen2).
     b_qkv: Option<Vec<f32>>,
-    wo: Vec<f32>,
+    wo: HugeBuf,
     /// q and k per-head norms (qwen3).
     qk_norm: Option<[Vec<f32>; 2]>,
     mlp_norm: Vec<f32>,
     /// `[2 intermediate, hidden]`: gate_proj then up_proj rows.
-    w_gate_up: Vec<f32>,
-    w_down: Vec<f32>,
+    w_gate_up: HugeBuf,
+    w_down: HugeBuf,
 }
 
 pub struct CpuModel {
     pub config: ModelConfig,
-    embed: Vec<f32>,
+    embed: HugeBuf,
     /// None when tied to `embed`.
-    lm_head: Option<Vec<f32>>,
+    lm_head: Option<HugeBuf>,
     norm: Vec<f32>,
     layers: Vec<Layer>,
     rope: Rope,
@@ -69,11 +70,12 @@ impl CpuModel {
         c.validate()?;
         let (d, f, q, kv, hd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim);
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> { Ok(m.weights.get_shaped(name, shape)?.to_f32()) };
+        let matrix = |name: &str, shape: &[usize]| HugeBuf::new(&get(name, shape)?);
         let layers = (0..c.num_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let a = format!("{p}.self_attn");
-                let stack = |parts: &[(&str, &[usize])]| -> Result<Vec<f32>> {
+                let concat = |parts: &[(&str, &[usize])]| -> Result<Vec<f32>> {
                     let mut v = Vec::new();
                     for (name, shape) in parts {
                         v.extend(get(name, shape)?);
@@ -83,31 +85,34 @@ impl CpuModel {
                 let (qn, kn, vn) = (format!("{a}.q_proj"), format!("{a}.k_proj"), format!("{a}.v_proj"));
                 Ok(Layer {
                     attn_norm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
-                    w_qkv: stack(&[
+                    w_qkv: HugeBuf::new(&concat(&[
                         (&format!("{qn}.weight"), &[q, d]),
                         (&format!("{kn}.weight"), &[kv, d]),
                         (&format!("{vn}.weight"), &[kv, d]),
-                    ])?,
+                    ])?)?,
                     b_qkv: match c.attention_bias {
-                        true => Some(stack(&[(&format!("{qn}.bias"), &[q]), (&format!("{kn}.bias"), &[kv]), (&format!("{vn}.bias"), &[kv])])?),
+                        true => Some(concat(&[(&format!("{qn}.bias"), &[q]), (&format!("{kn}.bias"), &[kv]), (&format!("{vn}.bias"), &[kv])])?),
                         false => None,
                     },
-                    wo: get(&format!("{a}.o_proj.weight"), &[d, q])?,
+                    wo: matrix(&format!("{a}.o_proj.weight"), &[d, q])?,
                     qk_norm: match c.qk_norm {
                         true => Some([get(&format!("{a}.q_norm.weight"), &[hd])?, get(&format!("{a}.k_norm.weight"), &[hd])?]),
                         false => None,
                     },
                     mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                    w_gate_up: stack(&[(&format!("{p}.mlp.gate_proj.weight"), &[f, d]), (&format!("{p}.mlp.up_proj.weight"), &[f, d])])?,
-                    w_down: get(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+                    w_gate_up: HugeBuf::new(&concat(&[
+                        (&format!("{p}.mlp.gate_proj.weight"), &[f, d]),
+                        (&format!("{p}.mlp.up_proj.weight"), &[f, d]),
+                    ])?)?,
+                    w_down: matrix(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(CpuModel {
-            embed: get("model.embed_tokens.weight", &[c.vocab_size, d])?,
+            embed: matrix("model.embed_tokens.weight", &[c.vocab_size, d])?,
             lm_head: match c.tie_word_embeddings {
                 true => None,
-                false => Some(get("lm_head.weight", &[c.vocab_size, d])?),
+                false => Some(matrix("lm_head.weight", &[c.vocab_size, d])?),
             },
             norm: get("model.norm.weight", &[d])?,
             layers,

@@ -1,5 +1,6 @@
 //! Elementwise and attention operations of the decoder, in f32. Each is the CPU twin of a CUDA kernel
 //! (kernels/<name>.cu) and the reference it is tested against.
+use super::linear::{matmul, View};
 use crate::config::ModelConfig;
 use rayon::prelude::*;
 
@@ -116,32 +117,38 @@ pub fn logsumexp(x: &[f32]) -> f32 {
 /// Causal grouped-query attention of `t` new tokens against a cache that already holds them.
 /// q: `[t, n_heads * hd]`; k_cache/v_cache: `[len, n_kv * hd]` where the new tokens are the last `t` rows;
 /// out: `[t, n_heads * hd]`. Query i (absolute position len - t + i) sees keys 0..=len - t + i.
+///
+/// Per head, two matrix products on strided views of the cache: S = q K^T / sqrt(hd) (masked, softmaxed),
+/// then S V. Heads run in parallel.
 pub fn attention(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], t: usize, n_heads: usize, n_kv: usize, hd: usize) {
     let (qd, kvd) = (n_heads * hd, n_kv * hd);
     let len = k_cache.len() / kvd;
+    let start = len - t;
     let group = n_heads / n_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    // One task per (token, head); each writes its own hd-wide slice of `out`.
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || vec![0f32; len],
-        |scores, (idx, o)| {
-            let (i, h) = (idx / n_heads, idx % n_heads);
+    let serial = gemm::Parallelism::None;
+    let heads: Vec<Vec<f32>> = (0..n_heads)
+        .into_par_iter()
+        .map(|h| {
             let kv_off = (h / group) * hd;
-            let qv = &q[i * qd + h * hd..][..hd];
-            let visible = len - t + i + 1;
-            let s = &mut scores[..visible];
-            for (j, sj) in s.iter_mut().enumerate() {
-                let kj = &k_cache[j * kvd + kv_off..][..hd];
-                *sj = qv.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+            let kh = View { data: &k_cache[kv_off..], rows: len, cols: hd, rs: kvd, cs: 1 };
+            let vh = View { data: &v_cache[kv_off..], rows: len, cols: hd, rs: kvd, cs: 1 };
+            let qh = View { data: &q[h * hd..], rows: t, cols: hd, rs: qd, cs: 1 };
+            let mut s = vec![0f32; t * len];
+            matmul(&mut s, qh, kh.t(), scale, false, serial);
+            for (i, row) in s.chunks_exact_mut(len).enumerate() {
+                let (seen, future) = row.split_at_mut(start + i + 1);
+                softmax(seen);
+                future.fill(0.0);
             }
-            softmax(s);
-            o.fill(0.0);
-            for (j, &p) in s.iter().enumerate() {
-                let vj = &v_cache[j * kvd + kv_off..][..hd];
-                for (ov, &vv) in o.iter_mut().zip(vj) {
-                    *ov += p * vv;
-                }
-            }
-        },
-    );
+            let mut o = vec![0f32; t * hd];
+            matmul(&mut o, View::rows(&s, t, len), vh, 1.0, false, serial);
+            o
+        })
+        .collect();
+    for (h, o) in heads.iter().enumerate() {
+        for (i, row) in o.chunks_exact(hd).enumerate() {
+            out[i * qd + h * hd..][..hd].copy_from_slice(row);
+        }
+    }
 }
