@@ -22,7 +22,8 @@ fn find_nvcc() -> Option<PathBuf> {
     if let Some(path) = env::var_os("PATH") {
         candidates.extend(env::split_paths(&path).map(|d| d.join("nvcc")));
     }
-    let home = env::var_os("MAPPA_HOME").map(PathBuf::from)
+    let home = env::var_os("MAPPA_HOME")
+        .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mappa")));
     if let Some(h) = home {
         candidates.push(h.join("nvcc-cu13.0/nvidia/cu13/bin/nvcc"));
@@ -56,7 +57,8 @@ fn main() {
 
     // One nvcc process per (kernel, target), in parallel: each takes about a second.
     std::thread::scope(|s| {
-        let jobs: Vec<_> = sources.iter()
+        let jobs: Vec<_> = sources
+            .iter()
             .flat_map(|src| TARGETS.iter().map(move |t| (src, t)))
             .map(|(src, (tag, arch))| {
                 let (nvcc, out) = (&nvcc, &out);
@@ -65,7 +67,8 @@ fn main() {
                     let dst = out.join(format!("{stem}.{tag}.ptx"));
                     let o = Command::new(nvcc)
                         .args(["--ptx", "-O3", "-std=c++17", "-Ikernels", &format!("-arch={arch}"), "-o"])
-                        .arg(&dst).arg(src)
+                        .arg(&dst)
+                        .arg(src)
                         .output()
                         .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
                     if !o.status.success() {
@@ -88,7 +91,10 @@ fn main() {
         }
         rs += "];\n";
     }
-    let version = Command::new(&nvcc).arg("--version").output().ok()
+    let version = Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().last().map(str::to_owned))
         .unwrap_or_default();
     rs += &format!("pub const NVCC_VERSION: &str = {version:?};\n");

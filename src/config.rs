@@ -97,12 +97,17 @@ impl ModelConfig {
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {
-            bail!("num_attention_heads ({}) is not a multiple of num_key_value_heads ({})", self.num_heads, self.num_kv_heads);
+            bail!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_heads,
+                self.num_kv_heads
+            );
         }
         if self.head_dim % 2 != 0 {
             bail!("head_dim ({}) must be even for RoPE", self.head_dim);
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let positive = |x: f32| x.is_finite() && x > 0.0; // NaN fails too
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             bail!("rms_norm_eps and rope_theta must be positive");
         }
         Ok(())
@@ -149,13 +154,19 @@ impl ModelConfig {
         // `rope_theta` and `rope_scaling`.
         let (rope_theta, rope_scaling) = match v.get("rope_parameters") {
             Some(rp @ Value::Object(_)) => {
-                let theta = rp.get("rope_theta").and_then(Value::as_f64).context("rope_parameters.rope_theta missing or not a number")?;
+                let theta = rp
+                    .get("rope_theta")
+                    .and_then(Value::as_f64)
+                    .context("rope_parameters.rope_theta missing or not a number")?;
                 (theta as f32, parse_rope_scaling(rp)?)
             }
-            _ => (opt_f32("rope_theta", 10000.0)?, match v.get("rope_scaling") {
-                None | Some(Value::Null) => None,
-                Some(rs) => parse_rope_scaling(rs)?,
-            }),
+            _ => (
+                opt_f32("rope_theta", 10000.0)?,
+                match v.get("rope_scaling") {
+                    None | Some(Value::Null) => None,
+                    Some(rs) => parse_rope_scaling(rs)?,
+                },
+            ),
         };
         let cfg = ModelConfig {
             arch,
@@ -198,26 +209,32 @@ impl ModelConfig {
         m.insert("hidden_act".into(), json!("silu"));
         m.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
         m.insert("rope_theta".into(), json!(self.rope_theta));
-        m.insert("rope_scaling".into(), match self.rope_scaling {
-            None => Value::Null,
-            Some(s) => json!({
-                "rope_type": "llama3",
-                "factor": s.factor,
-                "low_freq_factor": s.low_freq_factor,
-                "high_freq_factor": s.high_freq_factor,
-                "original_max_position_embeddings": s.original_max_position_embeddings,
-            }),
-        });
+        m.insert(
+            "rope_scaling".into(),
+            match self.rope_scaling {
+                None => Value::Null,
+                Some(s) => json!({
+                    "rope_type": "llama3",
+                    "factor": s.factor,
+                    "low_freq_factor": s.low_freq_factor,
+                    "high_freq_factor": s.high_freq_factor,
+                    "original_max_position_embeddings": s.original_max_position_embeddings,
+                }),
+            },
+        );
         m.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
         m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
         m.insert("attention_bias".into(), json!(self.attention_bias));
         if let Some(b) = self.bos_token_id {
             m.insert("bos_token_id".into(), json!(b));
         }
-        m.insert("eos_token_id".into(), match self.eos_token_ids.as_slice() {
-            [one] => json!(one),
-            many => json!(many),
-        });
+        m.insert(
+            "eos_token_id".into(),
+            match self.eos_token_ids.as_slice() {
+                [one] => json!(one),
+                many => json!(many),
+            },
+        );
         m.insert("torch_dtype".into(), json!(torch_dtype));
         Value::Object(m)
     }

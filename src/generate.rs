@@ -36,7 +36,13 @@ pub fn generate(
     params.validate()?;
     let mut sampler = Sampler::new(params);
     let mut cache = model.new_cache();
-    let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), finish: FinishReason::Length, prefill_s: 0.0, decode_s: 0.0 };
+    let mut out = Generation {
+        tokens: Vec::new(),
+        logprobs: Vec::new(),
+        finish: FinishReason::Length,
+        prefill_s: 0.0,
+        decode_s: 0.0,
+    };
     if max_new_tokens == 0 {
         return Ok(out);
     }

@@ -16,7 +16,8 @@ pub struct LoadedModel {
 /// Loads `path`: a directory is read as Hugging Face format, a file as GGUF (checked by its magic).
 pub fn load(path: &Path) -> Result<LoadedModel> {
     if path.is_dir() {
-        return crate::hf::load_dir(path).with_context(|| format!("loading Hugging Face model directory {}", path.display()));
+        return crate::hf::load_dir(path)
+            .with_context(|| format!("loading Hugging Face model directory {}", path.display()));
     }
     let mut magic = [0u8; 4];
     std::fs::File::open(path)

@@ -109,11 +109,17 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info => {
-            println!("cuda kernels: {}", if mappa::kernels::BUILT { mappa::kernels::NVCC_VERSION } else { "not built (no nvcc at build time)" });
-            println!("cuda device: {}", match mappa::cuda::device() {
-                Some(ctx) => format!("{:?}", ctx.compute_capability().ok()),
-                None => "none".into(),
-            });
+            println!(
+                "cuda kernels: {}",
+                if mappa::kernels::BUILT { mappa::kernels::NVCC_VERSION } else { "not built (no nvcc at build time)" }
+            );
+            println!(
+                "cuda device: {}",
+                match mappa::cuda::device() {
+                    Some(ctx) => format!("{:?}", ctx.compute_capability().ok()),
+                    None => "none".into(),
+                }
+            );
             println!("cpu threads: {}", rayon::current_num_threads());
             Ok(())
         }
@@ -155,7 +161,12 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         let n = g.tokens.len();
         eprintln!(
             "[{} prompt tokens in {:.2} s ({:.0} tok/s); {n} new tokens in {:.2} s ({:.1} tok/s); finish: {:?}]",
-            ids.len(), g.prefill_s, ids.len() as f64 / g.prefill_s, g.decode_s, n as f64 / g.decode_s.max(1e-9), g.finish
+            ids.len(),
+            g.prefill_s,
+            ids.len() as f64 / g.prefill_s,
+            g.decode_s,
+            n as f64 / g.decode_s.max(1e-9),
+            g.finish
         );
         return Ok(());
     }
@@ -164,7 +175,8 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let lines = read_prompt_lines(path)?;
     let mut stdout = std::io::stdout().lock();
     for (n, line) in lines.into_iter().enumerate() {
-        let ids = encode(line.prompt.as_deref(), line.messages).with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        let ids = encode(line.prompt.as_deref(), line.messages)
+            .with_context(|| format!("{} line {}", path.display(), n + 1))?;
         let g = generate(&model, &ids, a.max_new_tokens, params, tok.stop_ids(), |_| Ok(()))?;
         let out = serde_json::json!({
             "id": line.id,
@@ -188,7 +200,8 @@ fn read_prompt_lines(path: &Path) -> Result<Vec<PromptLine>> {
         if line.trim().is_empty() {
             continue;
         }
-        let p: PromptLine = serde_json::from_str(&line).with_context(|| format!("{} line {}: not a prompt object", path.display(), n + 1))?;
+        let p: PromptLine = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not a prompt object", path.display(), n + 1))?;
         if p.prompt.is_none() == p.messages.is_none() {
             bail!("{} line {}: give exactly one of \"prompt\" and \"messages\"", path.display(), n + 1);
         }

@@ -27,7 +27,7 @@ impl SamplingParams {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             anyhow::bail!("temperature must be a finite number >= 0, got {}", self.temperature);
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) || self.top_p.is_nan() {
             anyhow::bail!("top-p must be in (0, 1], got {}", self.top_p);
         }
         Ok(())

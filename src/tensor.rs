@@ -46,7 +46,12 @@ impl std::fmt::Debug for Tensor {
 
 impl Tensor {
     pub fn from_f32(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape {shape:?} does not match {} values", values.len());
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "shape {shape:?} does not match {} values",
+            values.len()
+        );
         Tensor { shape, dtype: DType::F32, data: Data::F32(Arc::new(values)) }
     }
 
@@ -80,7 +85,9 @@ impl Tensor {
         match self.dtype {
             DType::F32 => match &self.data {
                 Data::F32(v) => v.as_ref().clone(),
-                Data::Mapped { .. } => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                Data::Mapped { .. } => {
+                    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                }
             },
             DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),

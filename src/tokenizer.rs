@@ -46,7 +46,8 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn new(spec: &TokenizerSpec, config: &ModelConfig) -> Result<Tokenizer> {
-        let inner: tokenizers::Tokenizer = spec.tokenizer_json.parse().map_err(|e| anyhow!("invalid tokenizer.json: {e}"))?;
+        let inner: tokenizers::Tokenizer =
+            spec.tokenizer_json.parse().map_err(|e| anyhow!("invalid tokenizer.json: {e}"))?;
         let template = spec.chat_template.clone().unwrap_or_else(|| CHATML.to_owned());
         let mut stop_ids = config.eos_token_ids.clone();
         let named_eos = spec.eos_token.iter().map(String::as_str);
@@ -62,7 +63,8 @@ impl Tokenizer {
             stop_ids,
         };
         // Fail at load time, not at the first prompt, when the template does not compile or render.
-        tok.apply_chat_template(&[ChatMessage::new("user", "hi")], true).context("the model's chat template does not render")?;
+        tok.apply_chat_template(&[ChatMessage::new("user", "hi")], true)
+            .context("the model's chat template does not render")?;
         Ok(tok)
     }
 

@@ -53,7 +53,15 @@ fn bf16_conversion_stays_close_and_batch_generation_reports_logprobs() {
 
     let prompts = dir.path().join("prompts.jsonl");
     std::fs::write(&prompts, "{\"id\": \"a\", \"prompt\": \"What is the capital of France?\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi.\"}]}\n").unwrap();
-    let o = mappa(&["generate", "--model", out.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "12"]);
+    let o = mappa(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+    ]);
     let lines: Vec<serde_json::Value> =
         String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);

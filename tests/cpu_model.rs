@@ -52,7 +52,11 @@ fn architectures_differ_where_they_should() {
 fn bad_input_is_an_error() {
     let tiny = common::tiny_model(Arch::Qwen2, 3);
     let m = CpuModel::new(&tiny).unwrap();
-    assert!(m.forward(&[67], &mut m.new_cache(), Logits::Last).unwrap_err().to_string().contains("outside the vocabulary"));
+    assert!(m
+        .forward(&[67], &mut m.new_cache(), Logits::Last)
+        .unwrap_err()
+        .to_string()
+        .contains("outside the vocabulary"));
     assert!(m.forward(&[], &mut m.new_cache(), Logits::Last).is_err());
     let mut missing = common::tiny_model(Arch::Qwen2, 3);
     missing.weights.tensors.remove("model.layers.1.self_attn.k_proj.bias");
@@ -79,9 +83,15 @@ fn sampler_greedy_top_k_and_seeds() {
     assert!(top3.iter().all(|t| draws.contains(&(*t as u32))), "all three should appear in 300 draws");
 
     // The same seed reproduces the same sequence; another seed does not.
-    let again: Vec<u32> = { let mut s = Sampler::new(params); (0..300).map(|_| s.sample(&logits).0).collect() };
+    let again: Vec<u32> = {
+        let mut s = Sampler::new(params);
+        (0..300).map(|_| s.sample(&logits).0).collect()
+    };
     assert_eq!(draws, again);
-    let other: Vec<u32> = { let mut s = Sampler::new(SamplingParams { seed: 12, ..params }); (0..300).map(|_| s.sample(&logits).0).collect() };
+    let other: Vec<u32> = {
+        let mut s = Sampler::new(SamplingParams { seed: 12, ..params });
+        (0..300).map(|_| s.sample(&logits).0).collect()
+    };
     assert_ne!(draws, other);
 
     // A tiny top-p keeps only the most likely token.

@@ -27,7 +27,9 @@ fn random_bf16(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
 
 #[test]
 fn rmsnorm_matches_cpu() {
-    let Some(ctx) = device_or_skip("rmsnorm_matches_cpu") else { return };
+    let Some(ctx) = device_or_skip("rmsnorm_matches_cpu") else {
+        return;
+    };
     let (major, _) = ctx.compute_capability().unwrap();
     let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(mappa::kernels::ptx("rmsnorm", major).unwrap())).unwrap();
     let f = module.load_function("rmsnorm_bf16").unwrap();

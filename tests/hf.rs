@@ -113,8 +113,12 @@ fn written_files_are_complete() {
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     // No temporary files left behind.
-    assert_eq!(names, ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
-    let read = |name: &str| -> Value { serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap() };
+    assert_eq!(
+        names,
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    );
+    let read =
+        |name: &str| -> Value { serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap() };
     let tc = read("tokenizer_config.json");
     assert_eq!(tc["tokenizer_class"], "PreTrainedTokenizerFast");
     assert_eq!(tc["model_max_length"], 256);
@@ -167,7 +171,13 @@ fn sharded_checkpoint_loads() {
     for (name, want) in &model.weights.tensors {
         let got = &loaded.weights.tensors[name];
         assert_eq!(got.shape, want.shape, "{name}");
-        let round = |x: f32| if in_f16.contains(&name) { f16::from_f32(x).to_f32() } else { x };
+        let round = |x: f32| {
+            if in_f16.contains(&name) {
+                f16::from_f32(x).to_f32()
+            } else {
+                x
+            }
+        };
         let rounded: Vec<f32> = want.to_f32().into_iter().map(round).collect();
         assert_eq!(bits(&got.to_f32()), bits(&rounded), "{name}");
     }
@@ -283,7 +293,8 @@ fn index_dir(tensors: &[(&str, &str)]) -> TempDir {
     let dir = written(&common::tiny_model(Arch::Llama, 1), DType::F32);
     std::fs::rename(dir.path().join("model.safetensors"), dir.path().join("shard-1.safetensors")).unwrap();
     let weight_map: BTreeMap<&str, &str> = tensors.iter().copied().collect();
-    std::fs::write(dir.path().join("model.safetensors.index.json"), json!({"weight_map": weight_map}).to_string()).unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), json!({"weight_map": weight_map}).to_string())
+        .unwrap();
     dir
 }
 

@@ -40,7 +40,12 @@ fn last_position_logits_match_within_1e_3() {
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         for (rank, e) in p["last_logits_top10"].as_array().unwrap().iter().enumerate() {
             let (id, want) = (e[0].as_u64().unwrap() as usize, e[1].as_f64().unwrap() as f32);
-            assert!((logits[id] - want).abs() < 1e-3, "{:?}: logit of token {id} is {}, reference {want}", p["text"], logits[id]);
+            assert!(
+                (logits[id] - want).abs() < 1e-3,
+                "{:?}: logit of token {id} is {}, reference {want}",
+                p["text"],
+                logits[id]
+            );
             assert_eq!(order[rank], id, "{:?}: rank {rank} differs", p["text"]);
         }
         let n = logits.len() as f64;

@@ -2,8 +2,10 @@
 //! PyTorch's `[out_features, in_features]` weights, `matmul` for strided views (attention's QK^T and PV).
 //!
 //! One token at a time (decode) is a matrix-vector product, bound by reading W. The crate's GEMV is
-//! single-threaded, so that case splits W's rows over the threads and runs the crate's GEMV on each slice:
-//! every core streams its own share of the weights.
+//! single-threaded, and its AVX-512 variant (which the crate picks for the GEMMs, where it pays) streamed
+//! slower than AVX2 on the dev machine; so that case splits W's rows over the threads and each slice runs a
+//! plain 16-lane dot-product loop compiled for AVX2+FMA (see BENCHMARKS.md), or the crate's GEMV on CPUs
+//! without those.
 use rayon::prelude::*;
 
 /// A read-only `rows x cols` matrix inside a slice: element (r, c) is `data[r * rs + c * cs]`.
@@ -26,8 +28,20 @@ impl<'a> View<'a> {
         View { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
     }
     fn check(&self, what: &str) {
-        let last = if self.rows == 0 || self.cols == 0 { 0 } else { (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1 };
-        assert!(last <= self.data.len(), "matmul: {what} view {}x{} (strides {}, {}) overruns its {} values", self.rows, self.cols, self.rs, self.cs, self.data.len());
+        let last = if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        };
+        assert!(
+            last <= self.data.len(),
+            "matmul: {what} view {}x{} (strides {}, {}) overruns its {} values",
+            self.rows,
+            self.cols,
+            self.rs,
+            self.cs,
+            self.data.len()
+        );
     }
 }
 
@@ -40,11 +54,24 @@ pub fn matmul(dst: &mut [f32], a: View, b: View, scale: f32, accumulate: bool, p
     // Safety: every index the strides address lies inside its slice (checked above).
     unsafe {
         gemm::gemm(
-            a.rows, b.cols, a.cols,
-            dst.as_mut_ptr(), 1, b.cols as isize, accumulate,
-            a.data.as_ptr(), a.cs as isize, a.rs as isize,
-            b.data.as_ptr(), b.cs as isize, b.rs as isize,
-            1.0, scale, false, false, false,
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            b.cols as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
             par,
         );
     }
@@ -59,12 +86,39 @@ pub fn linear(y: &mut [f32], x: &[f32], w: &[f32], t: usize, inp: usize, out: us
         // One slice per thread: more slices measured slower (each is another hand-off), even on the
         // 49152-row LM head.
         let rows = out.div_ceil(threads).next_multiple_of(16);
-        y.par_chunks_mut(rows).zip(w.par_chunks(rows * inp)).for_each(|(ys, ws)| {
-            let wt = View::rows(ws, ys.len(), inp).t();
-            matmul(ys, View::rows(x, 1, inp), wt, 1.0, accumulate, gemm::Parallelism::None)
-        });
+        y.par_chunks_mut(rows).zip(w.par_chunks(rows * inp)).for_each(|(ys, ws)| gemv(ys, x, ws, accumulate));
     } else {
         let par = if t * inp * out < 1 << 16 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
         matmul(y, View::rows(x, t, inp), View::rows(w, out, inp).t(), 1.0, accumulate, par);
+    }
+}
+
+/// y[o] = dot(W[o], x) (or += when `accumulate`) for the rows of W; one thread's share of a decode GEMV.
+fn gemv(y: &mut [f32], x: &[f32], w: &[f32], accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // Safety: the CPU has the features the function is compiled for (just checked).
+        return unsafe { gemv_avx2(y, x, w, accumulate) };
+    }
+    let wt = View::rows(w, y.len(), x.len()).t();
+    matmul(y, View::rows(x, 1, x.len()), wt, 1.0, accumulate, gemm::Parallelism::None)
+}
+
+/// 16 independent accumulators per row, which the compiler turns into two 8-wide FMA chains.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2(y: &mut [f32], x: &[f32], w: &[f32], accumulate: bool) {
+    let inp = x.len();
+    let split = inp - inp % 16;
+    for (yo, row) in y.iter_mut().zip(w.chunks_exact(inp)) {
+        let mut lanes = [0f32; 16];
+        for (wc, xc) in row[..split].chunks_exact(16).zip(x[..split].chunks_exact(16)) {
+            for l in 0..16 {
+                lanes[l] = wc[l].mul_add(xc[l], lanes[l]);
+            }
+        }
+        let tail: f32 = row[split..].iter().zip(&x[split..]).map(|(a, b)| a * b).sum();
+        let dot = lanes.iter().sum::<f32>() + tail;
+        *yo = if accumulate { *yo + dot } else { dot };
     }
 }

@@ -1,7 +1,7 @@
 //! The CPU reference backend: f32, multithreaded (rayon; RAYON_NUM_THREADS sets the thread count), the oracle
 //! every CUDA kernel is tested against. `ops` holds the elementwise and attention pieces, `linear` the GEMMs,
 //! `model` the decoder that strings them together.
-pub mod hugebuf;
+pub mod arena;
 pub mod linear;
 pub mod model;
 pub mod ops;

@@ -36,7 +36,8 @@ pub struct Rope {
 impl Rope {
     pub fn new(cfg: &ModelConfig) -> Rope {
         let hd = cfg.head_dim;
-        let mut inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
+        let mut inv_freq: Vec<f32> =
+            (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
         if let Some(s) = cfg.rope_scaling {
             // Llama 3: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
             let old = s.original_max_position_embeddings as f32;
@@ -57,7 +58,8 @@ impl Rope {
     /// cos and sin of every (position, frequency) pair for positions start..start + t: `[t, hd / 2]` each.
     /// Computed once per forward pass and shared by all layers.
     pub fn table(&self, start: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
-        let (mut cos, mut sin) = (Vec::with_capacity(t * self.inv_freq.len()), Vec::with_capacity(t * self.inv_freq.len()));
+        let (mut cos, mut sin) =
+            (Vec::with_capacity(t * self.inv_freq.len()), Vec::with_capacity(t * self.inv_freq.len()));
         for pos in start..start + t {
             for &f in &self.inv_freq {
                 let (s, c) = (pos as f32 * f).sin_cos();
@@ -120,7 +122,17 @@ pub fn logsumexp(x: &[f32]) -> f32 {
 ///
 /// Per head, two matrix products on strided views of the cache: S = q K^T / sqrt(hd) (masked, softmaxed),
 /// then S V. Heads run in parallel.
-pub fn attention(out: &mut [f32], q: &[f32], k_cache: &[f32], v_cache: &[f32], t: usize, n_heads: usize, n_kv: usize, hd: usize) {
+#[allow(clippy::too_many_arguments)] // the shapes are the arguments; a struct would only rename them
+pub fn attention(
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    t: usize,
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+) {
     let (qd, kvd) = (n_heads * hd, n_kv * hd);
     let len = k_cache.len() / kvd;
     let start = len - t;

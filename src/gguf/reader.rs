@@ -59,7 +59,10 @@ impl GgufFile {
             if n_dims == 0 || n_dims > 4 {
                 bail!("tensor {name:?} has {n_dims} dimensions (GGUF allows 1 to 4)");
             }
-            let dims = (0..n_dims).map(|_| c.u64()).collect::<Result<Vec<_>>>().with_context(|| format!("reading dims of tensor {name:?}"))?;
+            let dims = (0..n_dims)
+                .map(|_| c.u64())
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| format!("reading dims of tensor {name:?}"))?;
             let ggml_type = c.u32().with_context(|| format!("reading type of tensor {name:?}"))?;
             let offset = c.u64().with_context(|| format!("reading offset of tensor {name:?}"))?;
             infos.push((name, dims, ggml_type, offset));

@@ -27,8 +27,7 @@ const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 /// The split regexes of the Llama 3 and Qwen2 `tokenizer.json` files (they differ only in how digits group).
-const LLAMA3_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -82,7 +81,9 @@ pub fn from_metadata(meta: &Metadata) -> Result<TokenizerSpec> {
         .collect::<Result<Vec<_>>>()?;
 
     let token_at = |key: &str| -> Result<Option<String>> {
-        let Some(id) = optional(meta, key, "a non-negative integer", Value::as_u64)? else { return Ok(None) };
+        let Some(id) = optional(meta, key, "a non-negative integer", Value::as_u64)? else {
+            return Ok(None);
+        };
         let token = usize::try_from(id).ok().and_then(|i| tokens.get(i));
         let token = token.ok_or_else(|| anyhow!("{key} {id} is out of range ({} tokens)", tokens.len()))?;
         Ok(Some(token.to_string()))

@@ -59,9 +59,9 @@ fn load_weights(dir: &Path) -> Result<Weights> {
     // Group by shard so each file is mapped and parsed once.
     let mut by_shard: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (tensor, shard) in weight_map {
-        let shard = shard
-            .as_str()
-            .with_context(|| format!("{}: shard of tensor {tensor:?} is not a file name: {shard}", index_path.display()))?;
+        let shard = shard.as_str().with_context(|| {
+            format!("{}: shard of tensor {tensor:?} is not a file name: {shard}", index_path.display())
+        })?;
         // A shard is a file beside the index, never a path that leaves the directory.
         if std::path::Path::new(shard).file_name() != Some(std::ffi::OsStr::new(shard)) {
             bail!("{}: shard {shard:?} of tensor {tensor:?} is not a plain file name", index_path.display());
@@ -136,7 +136,9 @@ fn apply_tokenizer_config(spec: &mut TokenizerSpec, config: &Value) -> Result<()
         Some(Value::Array(named)) => named
             .iter()
             .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-            .map(|t| t.get("template").and_then(Value::as_str).context("chat_template \"default\" has no template string"))
+            .map(|t| {
+                t.get("template").and_then(Value::as_str).context("chat_template \"default\" has no template string")
+            })
             .transpose()?
             .map(str::to_string),
         Some(other) => bail!("chat_template is neither a string nor a list of templates: {other}"),
@@ -157,14 +159,19 @@ fn special_token(config: &Value, key: &str) -> Result<Option<String>> {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(v) => {
             let content = v.get("content").and_then(Value::as_str);
-            Ok(Some(content.with_context(|| format!("{key} is neither a string nor an object with \"content\": {v}"))?.to_string()))
+            Ok(Some(
+                content
+                    .with_context(|| format!("{key} is neither a string nor an object with \"content\": {v}"))?
+                    .to_string(),
+            ))
         }
     }
 }
 
 /// A token id field: absent, one integer, or a list of them.
 fn token_ids(v: Option<&Value>) -> Result<Vec<u32>> {
-    let one = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok()).with_context(|| format!("not a token id: {x}"));
+    let one =
+        |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok()).with_context(|| format!("not a token id: {x}"));
     match v {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(xs)) => xs.iter().map(one).collect(),
