@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model_dir, ref_path = sys.argv[1], sys.argv[2]
 ref = json.load(open(ref_path))
 tok = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 ok = True
 for case in ref["tokenizer_cases"]:
     ids = tok(case["text"], add_special_tokens=False)["input_ids"]
