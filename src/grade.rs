@@ -1,0 +1,1 @@
+//! Rule-based math answer grading (issue 5): extraction, normalisation, equivalence.

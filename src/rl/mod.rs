@@ -1,0 +1,1 @@
+//! Per-action REINFORCE++ advantages and the clipped policy-gradient loss, CPU reference (issue 4).

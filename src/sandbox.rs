@@ -1,0 +1,1 @@
+//! Python tool sandbox (issue 5).
