@@ -3,6 +3,7 @@
 //! Layers, bottom up: `tensor`/`config` (what a checkpoint holds), `gguf`/`hf` (file formats) and `loader`
 //! (one entry point), `tokenizer` (encode, decode, chat template), `cpu` (the f32 reference backend),
 //! `sample` and `generate` (decoding), `kernels`/`cuda` (the GPU side).
+pub mod coach;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
@@ -12,7 +13,9 @@ pub mod grade;
 pub mod hf;
 pub mod kernels;
 pub mod loader;
+pub mod optim;
 pub mod rl;
+pub mod run_config;
 pub mod sample;
 pub mod sandbox;
 pub mod tensor;

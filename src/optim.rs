@@ -1,0 +1,1 @@
+//! AdamW, learning-rate schedule and gradient clipping, CPU reference (issue 4).

@@ -1,0 +1,1 @@
+//! Run configuration (issue 5).
