@@ -1,1 +1,0 @@
-//! The coach (issue 5): prompts, strict score parsing, rule-based and HTTP backends.

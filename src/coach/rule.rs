@@ -1,0 +1,70 @@
+//! A rule-based coach for verifiable tasks and tests: no model, just the grader.
+//!
+//! - The final agent (by name) gets 10 if its output grades correct against the request's ground truth,
+//!   else 0. A final-agent request without ground truth is an error (the action goes unscored).
+//! - Other agents get [`OtherAgents::Fixed`] score, or with [`OtherAgents::BoxedMatch`] 10 when their
+//!   output boxes an answer equal to the ground truth and the default otherwise. BoxedMatch needs the
+//!   caller to set `ground_truth` on non-final requests too; without it they get the default.
+//!
+//! The verdict is written as a `PROCESS_SCORE:` reply and goes through the same parser as a model's.
+use super::parse::{MAX_SCORE, SCORE_KEY};
+use super::{CoachBackend, CoachRequest};
+use crate::grade::grade;
+use crate::tokenizer::ChatMessage;
+use anyhow::{bail, ensure, Result};
+
+/// How the rule coach scores agents other than the final one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OtherAgents {
+    /// Always this score.
+    Fixed(f32),
+    /// 10 if the output's last `\boxed{}` matches the ground truth, else `default`.
+    BoxedMatch { default: f32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct RuleCoach {
+    final_agent: String,
+    others: OtherAgents,
+    /// Passed to the grader: accept the last number when the final output has no box.
+    last_number_fallback: bool,
+}
+
+impl RuleCoach {
+    pub fn new(final_agent: &str, others: OtherAgents, last_number_fallback: bool) -> Result<RuleCoach> {
+        let (OtherAgents::Fixed(s) | OtherAgents::BoxedMatch { default: s }) = others;
+        ensure!((0.0..=MAX_SCORE as f32).contains(&s), "rule coach score {s} is outside [0, {MAX_SCORE}]");
+        Ok(RuleCoach { final_agent: final_agent.to_string(), others, last_number_fallback })
+    }
+
+    /// The score for `req` and a one-line justification.
+    fn verdict(&self, req: &CoachRequest) -> Result<(f32, &'static str)> {
+        let gold = req.ground_truth.as_deref();
+        if req.agent_name == self.final_agent {
+            let Some(gold) = gold else { bail!("rule coach: no ground truth for final agent {:?}", req.agent_name) };
+            return Ok(if grade(&req.agent_output, gold, self.last_number_fallback) {
+                (10.0, "the final answer is correct")
+            } else {
+                (0.0, "the final answer is wrong or missing")
+            });
+        }
+        Ok(match self.others {
+            OtherAgents::Fixed(s) => (s, "fixed score for non-final agents"),
+            OtherAgents::BoxedMatch { default } => match gold {
+                Some(gold) if grade(&req.agent_output, gold, false) => (10.0, "the boxed answer is correct"),
+                _ => (default, "no correct boxed answer"),
+            },
+        })
+    }
+}
+
+impl CoachBackend for RuleCoach {
+    fn complete(&self, _messages: &[ChatMessage]) -> Result<String> {
+        bail!("the rule coach scores a CoachRequest (use it through Coach), not free-form messages")
+    }
+
+    fn reply(&self, req: &CoachRequest, _messages: &[ChatMessage]) -> Result<String> {
+        let (score, why) = self.verdict(req)?;
+        Ok(format!("Rule-based check: {why}.\n{SCORE_KEY}: {score}"))
+    }
+}
