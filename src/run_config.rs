@@ -1,1 +1,0 @@
-//! Run configuration (issue 5).
