@@ -15,7 +15,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' \
-    | while read -r name exe; do cp "$exe" "$BIN/$name"; done
+    | while read -r name exe; do cp "$exe" "$BIN/$name" && strip "$BIN/$name"; done  # carry limit: 64 MiB
   ls -la "$BIN"
   ;;
 run)
