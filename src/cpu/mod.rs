@@ -3,6 +3,7 @@
 //! `model` the decoder that strings them together.
 pub mod arena;
 pub mod linear;
+pub mod logprob;
 pub mod model;
 pub mod ops;
 
