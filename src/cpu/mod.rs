@@ -2,6 +2,7 @@
 //! every CUDA kernel is tested against. `ops` holds the elementwise and attention pieces, `linear` the GEMMs,
 //! `model` the decoder that strings them together.
 pub mod arena;
+pub mod grad;
 pub mod linear;
 pub mod logprob;
 pub mod model;
