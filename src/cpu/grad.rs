@@ -10,7 +10,7 @@
 //! Nothing here depends on the thread count: every sum runs in a fixed order, so results are bitwise
 //! reproducible.
 use super::linear::{matmul, View};
-use super::ops::softmax;
+use super::ops::{causal_probs, inv_rms, scatter_rows};
 use rayon::prelude::*;
 
 /// The gemm crate's parallelism for a product of `work` multiply-adds (the threshold `linear` uses).
@@ -65,8 +65,7 @@ pub fn rmsnorm_backward(dy: &[f32], x: &[f32], w: &[f32], eps: f32, dx: &mut [f3
     assert_eq!(dx.len(), x.len(), "rmsnorm_backward: dx has {} values, x {}", dx.len(), x.len());
     assert_eq!(dw.len(), d, "rmsnorm_backward: dw has {} values, w {d}", dw.len());
     for ((gr, xr), dxr) in dy.chunks_exact(d).zip(x.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum();
-        let r = 1.0 / (ss / d as f32 + eps).sqrt();
+        let r = inv_rms(xr, eps);
         let dot: f32 = gr.iter().zip(xr).zip(w).map(|((g, v), w)| g * w * v).sum();
         let c = r * r * r / d as f32 * dot;
         for ((((o, dwi), &g), &v), &wi) in dxr.iter_mut().zip(dw.iter_mut()).zip(gr).zip(xr).zip(w) {
@@ -188,21 +187,6 @@ fn head_views<'a>(
     [view(&q[off * qd + h * p.hd..], qd), view(&k[kv_off..], kvd), view(&v[kv_off..], kvd)]
 }
 
-/// The causal attention probabilities P (`[len, len]`, zero above the diagonal) of one head of one sequence:
-/// softmax(q K^T / sqrt(hd)), computed as `ops::attention` does. Shared by the forward and the backward,
-/// which recomputes it rather than storing it.
-fn probs(qh: View, kh: View) -> Vec<f32> {
-    let len = qh.rows;
-    let mut s = vec![0f32; len * len];
-    matmul(&mut s, qh, kh.t(), 1.0 / (qh.cols as f32).sqrt(), false, gemm::Parallelism::None);
-    for (i, row) in s.chunks_exact_mut(len).enumerate() {
-        let (seen, future) = row.split_at_mut(i + 1);
-        softmax(seen);
-        future.fill(0.0);
-    }
-    s
-}
-
 /// Causal GQA self-attention over packed sequences (layout in `Packed`): out (`[T, n_heads * hd]`) = P V per
 /// head and sequence. Equal to `ops::attention` run on each sequence alone with a cache holding just it.
 pub fn attention_packed_forward(q: &[f32], k: &[f32], v: &[f32], p: Packed, out: &mut [f32]) {
@@ -214,7 +198,7 @@ pub fn attention_packed_forward(q: &[f32], k: &[f32], v: &[f32], p: Packed, out:
             let mut o = vec![0f32; out.len() / p.n_heads];
             for (off, len) in p.spans() {
                 let [qh, kh, vh] = head_views(p, q, k, v, h, off, len);
-                let pr = probs(qh, kh);
+                let pr = causal_probs(qh, kh);
                 let dst = &mut o[off * p.hd..(off + len) * p.hd];
                 matmul(dst, View::rows(&pr, len, len), vh, 1.0, false, gemm::Parallelism::None);
             }
@@ -222,9 +206,7 @@ pub fn attention_packed_forward(q: &[f32], k: &[f32], v: &[f32], p: Packed, out:
         })
         .collect();
     for (h, o) in heads.iter().enumerate() {
-        for (i, row) in o.chunks_exact(p.hd).enumerate() {
-            out[i * qd + h * p.hd..][..p.hd].copy_from_slice(row);
-        }
+        scatter_rows(out, o, p.hd, h * p.hd, qd);
     }
 }
 
@@ -259,7 +241,7 @@ pub fn attention_backward(
                     let h = g * group + j;
                     let [qh, kh, vh] = head_views(p, q, k, v, h, off, len);
                     let doh = View { data: &d_out[off * qd + h * hd..], rows: len, cols: hd, rs: qd, cs: 1 };
-                    let pr = probs(qh, kh);
+                    let pr = causal_probs(qh, kh);
                     let prv = View::rows(&pr, len, len);
                     matmul(&mut gv[rows.clone()], prv.t(), doh, 1.0, true, serial);
                     let mut ds = vec![0f32; len * len];
@@ -278,15 +260,10 @@ pub fn attention_backward(
         .collect();
     for (g, [gq, gk, gv]) in grads.iter().enumerate() {
         for (j, gq) in gq.chunks_exact(t * hd).enumerate() {
-            let h = g * group + j;
-            for (i, row) in gq.chunks_exact(hd).enumerate() {
-                dq[i * qd + h * hd..][..hd].copy_from_slice(row);
-            }
+            scatter_rows(dq, gq, hd, (g * group + j) * hd, qd);
         }
-        for (i, (rk, rv)) in gk.chunks_exact(hd).zip(gv.chunks_exact(hd)).enumerate() {
-            dk[i * kvd + g * hd..][..hd].copy_from_slice(rk);
-            dv[i * kvd + g * hd..][..hd].copy_from_slice(rv);
-        }
+        scatter_rows(dk, gk, hd, g * hd, kvd);
+        scatter_rows(dv, gv, hd, g * hd, kvd);
     }
 }
 

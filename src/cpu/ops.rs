@@ -4,12 +4,17 @@ use super::linear::{matmul, View};
 use crate::config::ModelConfig;
 use rayon::prelude::*;
 
+/// 1 / sqrt(mean(x^2) + eps) of one row: the scale RMSNorm applies, shared with its backward (cpu::grad).
+pub fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ss: f32 = row.iter().map(|v| v * v).sum();
+    1.0 / (ss / row.len() as f32 + eps).sqrt()
+}
+
 /// RMSNorm of each `w.len()`-wide row of `x` into `y`: y = x / sqrt(mean(x^2) + eps) * w.
 pub fn rmsnorm(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum();
-        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+        let inv = inv_rms(xr, eps);
         for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
             *o = v * inv * g;
         }
@@ -18,10 +23,8 @@ pub fn rmsnorm(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 
 /// In-place RMSNorm of each row (qwen3's per-head q/k norm).
 pub fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
-    let d = w.len();
-    for xr in x.chunks_exact_mut(d) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum();
-        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+    for xr in x.chunks_exact_mut(w.len()) {
+        let inv = inv_rms(xr, eps);
         for (v, &g) in xr.iter_mut().zip(w) {
             *v *= inv * g;
         }
@@ -135,9 +138,7 @@ pub fn attention(
 ) {
     let (qd, kvd) = (n_heads * hd, n_kv * hd);
     let len = k_cache.len() / kvd;
-    let start = len - t;
     let group = n_heads / n_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
     let serial = gemm::Parallelism::None;
     let heads: Vec<Vec<f32>> = (0..n_heads)
         .into_par_iter()
@@ -146,21 +147,36 @@ pub fn attention(
             let kh = View { data: &k_cache[kv_off..], rows: len, cols: hd, rs: kvd, cs: 1 };
             let vh = View { data: &v_cache[kv_off..], rows: len, cols: hd, rs: kvd, cs: 1 };
             let qh = View { data: &q[h * hd..], rows: t, cols: hd, rs: qd, cs: 1 };
-            let mut s = vec![0f32; t * len];
-            matmul(&mut s, qh, kh.t(), scale, false, serial);
-            for (i, row) in s.chunks_exact_mut(len).enumerate() {
-                let (seen, future) = row.split_at_mut(start + i + 1);
-                softmax(seen);
-                future.fill(0.0);
-            }
             let mut o = vec![0f32; t * hd];
-            matmul(&mut o, View::rows(&s, t, len), vh, 1.0, false, serial);
+            matmul(&mut o, View::rows(&causal_probs(qh, kh), t, len), vh, 1.0, false, serial);
             o
         })
         .collect();
     for (h, o) in heads.iter().enumerate() {
-        for (i, row) in o.chunks_exact(hd).enumerate() {
-            out[i * qd + h * hd..][..hd].copy_from_slice(row);
-        }
+        scatter_rows(out, o, hd, h * hd, qd);
+    }
+}
+
+/// Causal attention probabilities of one head: softmax(q K^T / sqrt(hd)) as `[q.rows, k.rows]`, where the
+/// queries are the last `q.rows` positions of the `k.rows` keys (query i sees keys 0..=k.rows - q.rows + i)
+/// and the masked entries are 0. Shared by the forward (`attention`) and the training code (cpu::grad).
+pub fn causal_probs(qh: View, kh: View) -> Vec<f32> {
+    let (t, len) = (qh.rows, kh.rows);
+    let start = len - t;
+    let mut s = vec![0f32; t * len];
+    matmul(&mut s, qh, kh.t(), 1.0 / (qh.cols as f32).sqrt(), false, gemm::Parallelism::None);
+    for (i, row) in s.chunks_exact_mut(len).enumerate() {
+        let (seen, future) = row.split_at_mut(start + i + 1);
+        softmax(seen);
+        future.fill(0.0);
+    }
+    s
+}
+
+/// Copies the rows of a contiguous `width`-wide block into columns `col..col + width` of a row-major matrix
+/// with row stride `stride`: how one head's output joins the `[t, heads * hd]` layout.
+pub fn scatter_rows(dst: &mut [f32], block: &[f32], width: usize, col: usize, stride: usize) {
+    for (i, row) in block.chunks_exact(width).enumerate() {
+        dst[i * stride + col..][..width].copy_from_slice(row);
     }
 }
