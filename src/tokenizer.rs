@@ -38,7 +38,8 @@ const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    template: String,
+    /// The chat template, compiled once (as "chat") in an environment set up as transformers renders.
+    env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
     stop_ids: Vec<u32>,
@@ -55,11 +56,19 @@ impl Tokenizer {
         stop_ids.extend(named_eos.chain(turn_ends).filter_map(|t| inner.token_to_id(t)));
         stop_ids.sort_unstable();
         stop_ids.dedup();
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", template).context("chat template does not compile")?;
         let tok = Tokenizer {
             inner,
             bos_token: spec.bos_token.clone().unwrap_or_default(),
             eos_token: spec.eos_token.clone().unwrap_or_default(),
-            template,
+            env,
             stop_ids,
         };
         // Fail at load time, not at the first prompt, when the template does not compile or render.
@@ -95,21 +104,13 @@ impl Tokenizer {
     /// The prompt text for `messages`, rendered by the model's template as transformers would
     /// (`trim_blocks` and `lstrip_blocks` on, Python string methods available).
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let mut env = minijinja::Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", &self.template).context("chat template does not compile")?;
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         };
-        env.get_template("chat")?.render(ctx).context("rendering the chat template")
+        self.env.get_template("chat")?.render(ctx).context("rendering the chat template")
     }
 
     /// Chat-formatted prompt ids. The template writes any special tokens itself, so none are added.
