@@ -17,10 +17,7 @@ fn prompt_ids(tok: &Tokenizer, n: usize) -> Vec<u32> {
 }
 
 fn bench(c: &mut Criterion) {
-    let home = std::env::var_os("MAPPA_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mappa"));
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = mappa::loader::setup_home().expect("HOME or MAPPA_HOME").join(mappa::loader::SMOLLM2_GGUF);
     let loaded = mappa::loader::load(&path).expect("SmolLM2 missing: run tools/setup.sh");
     let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
     let model = CpuModel::new(&loaded).expect("model");

@@ -28,3 +28,14 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     }
     crate::gguf::load(path).with_context(|| format!("loading GGUF file {}", path.display()))
 }
+
+/// Where tools/setup.sh installs nvcc and the test model: `$MAPPA_HOME`, else `~/.cache/mappa` (build.rs, which
+/// cannot use this crate, follows the same rule). None when neither variable is set.
+pub fn setup_home() -> Option<PathBuf> {
+    std::env::var_os("MAPPA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mappa")))
+}
+
+/// SmolLM2-135M-Instruct as tools/setup.sh installs it, relative to `setup_home()`.
+pub const SMOLLM2_GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";

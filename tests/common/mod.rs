@@ -10,10 +10,7 @@ use std::path::PathBuf;
 
 /// The real model. Missing means setup did not run: that is a failure, never a skip.
 pub fn smollm2_gguf() -> PathBuf {
-    let home = std::env::var_os("MAPPA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mappa"));
-    let p = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = mappa::loader::setup_home().expect("HOME or MAPPA_HOME must be set").join(mappa::loader::SMOLLM2_GGUF);
     assert!(p.is_file(), "{} is missing: run tools/setup.sh first", p.display());
     p
 }
