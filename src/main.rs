@@ -31,6 +31,10 @@ enum Command {
     },
     /// Print what this build has: CUDA kernels, nvcc version, a CUDA device.
     Info,
+    /// Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models).
+    Serve(mappa::serve::ServeArgs),
+    /// Draw a training run's curves and a one-page HTML summary.
+    Report(mappa::report::ReportArgs),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +112,8 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} tensors, {dtype:?})", out_dir.display(), m.weights.tensors.len());
             Ok(())
         }
+        Command::Serve(a) => mappa::serve::run(a),
+        Command::Report(a) => mappa::report::run(a),
         Command::Info => {
             println!(
                 "cuda kernels: {}",
