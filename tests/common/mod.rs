@@ -108,3 +108,29 @@ pub fn tiny_model(arch: Arch, seed: u64) -> LoadedModel {
         config,
     }
 }
+
+/// A tiny random llama (2 layers, hidden 32) with SmolLM2's real tokenizer and chat template (vocab 49152):
+/// fast enough to train in a test, yet it speaks ChatML with real special tokens, so rollouts, contexts and
+/// coach prompts go through the same code paths as with a real model.
+pub fn tiny_chat_model(seed: u64) -> LoadedModel {
+    let smol = mappa::loader::load(&smollm2_gguf()).expect("loading SmolLM2 for its tokenizer");
+    let config = ModelConfig {
+        vocab_size: smol.config.vocab_size,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        tie_word_embeddings: true,
+        bos_token_id: smol.config.bos_token_id,
+        eos_token_ids: smol.config.eos_token_ids.clone(),
+        ..tiny_config(Arch::Llama)
+    };
+    LoadedModel {
+        weights: random_weights(&config, seed),
+        tokenizer: smol.tokenizer,
+        path: PathBuf::from(format!("<tiny chat model, seed {seed}>")),
+        config,
+    }
+}
