@@ -7,5 +7,7 @@ pub mod linear;
 pub mod logprob;
 pub mod model;
 pub mod ops;
+pub mod train;
 
-pub use model::{CpuModel, KvCache, Logits};
+pub use model::{CpuModel, KvCache, Logits, Param};
+pub use train::{Scores, Tape};

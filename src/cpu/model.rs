@@ -4,41 +4,56 @@
 //! x += down(silu(gate(h)) * up(h)) on h = rmsnorm(x). qwen2 adds q/k/v biases, qwen3 a per-head RMSNorm on
 //! q and k. Keys and values of every position seen so far live in a `KvCache`, so generation feeds one new
 //! token at a time while a prompt goes through in one batched call.
+//!
+//! Every parameter lives in one `Arena`, listed by Hugging Face name in `params()`: the optimizer updates the
+//! arena in place and the next rollout uses it, with no copy between generation and training. A gradient
+//! buffer has the arena's layout (`param_len()` floats, same ranges). The layer pieces shared by generation
+//! and training (`attn_in`, `mlp`) are here; the training pass with its backward is in `train.rs`.
 use super::arena::{Arena, ArenaBuilder};
 use super::linear::linear;
 use super::ops::{attention, rmsnorm, rmsnorm_inplace, swiglu, Rope};
 use crate::config::ModelConfig;
 use crate::loader::LoadedModel;
+use crate::tensor::{Tensor, Weights};
 use anyhow::{bail, Result};
 use std::ops::Range;
 
-/// One decoder layer. Matrices are ranges of the model's `Arena`. q/k/v and gate/up are each one matrix
-/// (rows stacked), so a token needs four matrix products per layer instead of seven.
-struct Layer {
-    attn_norm: Vec<f32>,
+/// One decoder layer: ranges of the model's `Arena`. q/k/v and gate/up are each one matrix (rows stacked),
+/// so a token needs four matrix products per layer instead of seven.
+pub(super) struct Layer {
+    pub attn_norm: Range<usize>,
     /// `[q_dim + 2 kv_dim, hidden]`: q_proj, k_proj, v_proj rows.
-    w_qkv: Range<usize>,
+    pub w_qkv: Range<usize>,
     /// q, k, v biases in the same order (qwen2).
-    b_qkv: Option<Vec<f32>>,
-    wo: Range<usize>,
+    pub b_qkv: Option<Range<usize>>,
+    pub wo: Range<usize>,
     /// q and k per-head norms (qwen3).
-    qk_norm: Option<[Vec<f32>; 2]>,
-    mlp_norm: Vec<f32>,
+    pub qk_norm: Option<[Range<usize>; 2]>,
+    pub mlp_norm: Range<usize>,
     /// `[2 intermediate, hidden]`: gate_proj then up_proj rows.
-    w_gate_up: Range<usize>,
-    w_down: Range<usize>,
+    pub w_gate_up: Range<usize>,
+    pub w_down: Range<usize>,
+}
+
+/// One Hugging Face tensor of the model and where it lives in the arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: Range<usize>,
 }
 
 pub struct CpuModel {
     pub config: ModelConfig,
-    /// Every matrix of the model (embedding, projections, LM head).
-    arena: Arena,
-    embed: Range<usize>,
+    /// Every parameter of the model.
+    pub(super) arena: Arena,
+    params: Vec<Param>,
+    pub(super) embed: Range<usize>,
     /// None when tied to `embed`.
-    lm_head: Option<Range<usize>>,
-    norm: Vec<f32>,
-    layers: Vec<Layer>,
-    rope: Rope,
+    pub(super) lm_head: Option<Range<usize>>,
+    pub(super) norm: Range<usize>,
+    pub(super) layers: Vec<Layer>,
+    pub(super) rope: Rope,
 }
 
 /// Keys and values of every position processed so far, per layer, `[len, n_kv * head_dim]`.
@@ -67,72 +82,142 @@ pub enum Logits {
     All,
 }
 
+/// The attention input side of one layer for `t` tokens: the normed input and q, k, v after bias, q/k norm
+/// and rope. `q_raw`/`k_raw` (before the q/k norm) are kept only for qwen3, whose backward needs them.
+pub(super) struct AttnIn {
+    pub h: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub qk_raw: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Lays tensors out in the arena and records their names.
+#[derive(Default)]
+struct Layout {
+    arena: ArenaBuilder,
+    params: Vec<Param>,
+}
+
+impl Layout {
+    /// Stores the tensors (name, shape) of `parts` back to back, so they also form one fused matrix; returns
+    /// the range of the whole group.
+    fn group(&mut self, m: &LoadedModel, parts: &[(String, Vec<usize>)]) -> Result<Range<usize>> {
+        let mut values = Vec::new();
+        let mut spans = Vec::new();
+        for (name, shape) in parts {
+            let start = values.len();
+            values.extend(m.weights.get_shaped(name, shape)?.to_f32());
+            spans.push((name.clone(), shape.clone(), start..values.len()));
+        }
+        let r = self.arena.push(values);
+        for (name, shape, s) in spans {
+            self.params.push(Param { name, shape, range: r.start + s.start..r.start + s.end });
+        }
+        Ok(r)
+    }
+
+    fn one(&mut self, m: &LoadedModel, name: String, shape: Vec<usize>) -> Result<Range<usize>> {
+        self.group(m, &[(name, shape)])
+    }
+}
+
 impl CpuModel {
     pub fn new(m: &LoadedModel) -> Result<CpuModel> {
         let c = &m.config;
         c.validate()?;
         let (d, f, q, kv, hd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim);
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> { Ok(m.weights.get_shaped(name, shape)?.to_f32()) };
-        let mut arena = ArenaBuilder::default();
-        let mut matrix = |values: Vec<f32>| arena.push(values);
-        let layers = (0..c.num_layers)
-            .map(|l| {
-                let p = format!("model.layers.{l}");
-                let a = format!("{p}.self_attn");
-                let concat = |parts: &[(&str, &[usize])]| -> Result<Vec<f32>> {
-                    let mut v = Vec::new();
-                    for (name, shape) in parts {
-                        v.extend(get(name, shape)?);
-                    }
-                    Ok(v)
-                };
-                let (qn, kn, vn) = (format!("{a}.q_proj"), format!("{a}.k_proj"), format!("{a}.v_proj"));
-                Ok(Layer {
-                    attn_norm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
-                    w_qkv: matrix(concat(&[
-                        (&format!("{qn}.weight"), &[q, d]),
-                        (&format!("{kn}.weight"), &[kv, d]),
-                        (&format!("{vn}.weight"), &[kv, d]),
-                    ])?),
-                    b_qkv: match c.attention_bias {
-                        true => Some(concat(&[
-                            (&format!("{qn}.bias"), &[q]),
-                            (&format!("{kn}.bias"), &[kv]),
-                            (&format!("{vn}.bias"), &[kv]),
-                        ])?),
-                        false => None,
-                    },
-                    wo: matrix(get(&format!("{a}.o_proj.weight"), &[d, q])?),
-                    qk_norm: match c.qk_norm {
-                        true => Some([
-                            get(&format!("{a}.q_norm.weight"), &[hd])?,
-                            get(&format!("{a}.k_norm.weight"), &[hd])?,
-                        ]),
-                        false => None,
-                    },
-                    mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                    w_gate_up: matrix(concat(&[
-                        (&format!("{p}.mlp.gate_proj.weight"), &[f, d]),
-                        (&format!("{p}.mlp.up_proj.weight"), &[f, d]),
-                    ])?),
-                    w_down: matrix(get(&format!("{p}.mlp.down_proj.weight"), &[d, f])?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let embed = matrix(get("model.embed_tokens.weight", &[c.vocab_size, d])?);
+        let mut l = Layout::default();
+        let embed = l.one(m, "model.embed_tokens.weight".into(), vec![c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            let proj = |name: &str, kind: &str, shape: Vec<usize>| (format!("{a}.{name}.{kind}"), shape);
+            layers.push(Layer {
+                attn_norm: l.one(m, format!("{p}.input_layernorm.weight"), vec![d])?,
+                w_qkv: l.group(
+                    m,
+                    &[
+                        proj("q_proj", "weight", vec![q, d]),
+                        proj("k_proj", "weight", vec![kv, d]),
+                        proj("v_proj", "weight", vec![kv, d]),
+                    ],
+                )?,
+                b_qkv: match c.attention_bias {
+                    true => Some(l.group(
+                        m,
+                        &[proj("q_proj", "bias", vec![q]), proj("k_proj", "bias", vec![kv]), proj("v_proj", "bias", vec![kv])],
+                    )?),
+                    false => None,
+                },
+                wo: l.one(m, format!("{a}.o_proj.weight"), vec![d, q])?,
+                qk_norm: match c.qk_norm {
+                    true => Some([
+                        l.one(m, format!("{a}.q_norm.weight"), vec![hd])?,
+                        l.one(m, format!("{a}.k_norm.weight"), vec![hd])?,
+                    ]),
+                    false => None,
+                },
+                mlp_norm: l.one(m, format!("{p}.post_attention_layernorm.weight"), vec![d])?,
+                w_gate_up: l.group(
+                    m,
+                    &[
+                        (format!("{p}.mlp.gate_proj.weight"), vec![f, d]),
+                        (format!("{p}.mlp.up_proj.weight"), vec![f, d]),
+                    ],
+                )?,
+                w_down: l.one(m, format!("{p}.mlp.down_proj.weight"), vec![d, f])?,
+            });
+        }
+        let norm = l.one(m, "model.norm.weight".into(), vec![d])?;
         let lm_head = match c.tie_word_embeddings {
             true => None,
-            false => Some(matrix(get("lm_head.weight", &[c.vocab_size, d])?)),
+            false => Some(l.one(m, "lm_head.weight".into(), vec![c.vocab_size, d])?),
         };
         Ok(CpuModel {
-            arena: arena.build()?,
+            arena: l.arena.build()?,
+            params: l.params,
             embed,
             lm_head,
-            norm: get("model.norm.weight", &[d])?,
+            norm,
             layers,
             rope: Rope::new(c),
             config: c.clone(),
         })
+    }
+
+    /// Every parameter, by Hugging Face name, in arena order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Length of the flat parameter (and gradient) buffer.
+    pub fn param_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// All parameters as one flat buffer (`params()` says which range is which tensor).
+    pub fn flat(&self) -> &[f32] {
+        self.arena.as_slice()
+    }
+
+    pub fn flat_mut(&mut self) -> &mut [f32] {
+        self.arena.as_mut_slice()
+    }
+
+    /// A copy of the weights by Hugging Face name, for writing a checkpoint.
+    pub fn to_weights(&self) -> Weights {
+        let mut w = Weights::default();
+        for p in &self.params {
+            w.tensors.insert(p.name.clone(), Tensor::from_f32(p.shape.clone(), self.arena[p.range.clone()].to_vec()));
+        }
+        w
+    }
+
+    /// The LM head's range: `lm_head.weight`, or the embedding when tied.
+    pub(super) fn head(&self) -> Range<usize> {
+        self.lm_head.clone().unwrap_or(self.embed.clone())
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -140,60 +225,91 @@ impl CpuModel {
         KvCache { k: vec![Vec::new(); n], v: vec![Vec::new(); n], len: 0 }
     }
 
+    /// Errors on an empty input or an id outside the vocabulary.
+    pub(super) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            bail!("forward needs at least one token");
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size);
+        }
+        Ok(())
+    }
+
+    /// The embedding rows of `tokens`: `[t, hidden]`.
+    pub(super) fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+        let d = self.config.hidden_size;
+        let e = &self.arena[self.embed.clone()];
+        tokens.iter().flat_map(|&id| &e[id as usize * d..][..d]).copied().collect()
+    }
+
+    /// rmsnorm, the fused q/k/v projection (+ bias), q/k norm and rope for `t` tokens of residual stream `x`;
+    /// `cos`/`sin` hold each token's rope row. `keep_raw` keeps q and k before the q/k norm.
+    pub(super) fn attn_in(&self, layer: &Layer, x: &[f32], cos: &[f32], sin: &[f32], keep_raw: bool) -> AttnIn {
+        let c = &self.config;
+        let (d, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
+        let (t, qkvd, half, w) = (x.len() / d, qd + 2 * kvd, c.head_dim / 2, &self.arena);
+        let mut h = vec![0f32; t * d];
+        rmsnorm(&mut h, x, &w[layer.attn_norm.clone()], c.rms_norm_eps);
+        let mut qkv = vec![0f32; t * qkvd];
+        linear(&mut qkv, &h, &w[layer.w_qkv.clone()], t, d, qkvd, false);
+        if let Some(b) = &layer.b_qkv {
+            let b = &w[b.clone()];
+            qkv.chunks_exact_mut(qkvd).for_each(|row| row.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+        }
+        let (mut q, mut k, mut v) = (vec![0f32; t * qd], vec![0f32; t * kvd], vec![0f32; t * kvd]);
+        for (i, row) in qkv.chunks_exact(qkvd).enumerate() {
+            q[i * qd..][..qd].copy_from_slice(&row[..qd]);
+            k[i * kvd..][..kvd].copy_from_slice(&row[qd..qd + kvd]);
+            v[i * kvd..][..kvd].copy_from_slice(&row[qd + kvd..]);
+        }
+        let mut qk_raw = None;
+        if let Some([nq, nk]) = &layer.qk_norm {
+            if keep_raw {
+                qk_raw = Some((q.clone(), k.clone()));
+            }
+            rmsnorm_inplace(&mut q, &w[nq.clone()], c.rms_norm_eps);
+            rmsnorm_inplace(&mut k, &w[nk.clone()], c.rms_norm_eps);
+        }
+        for i in 0..t {
+            let (cs, sn) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+            Rope::apply(&mut q[i * qd..][..qd], cs, sn);
+            Rope::apply(&mut k[i * kvd..][..kvd], cs, sn);
+        }
+        AttnIn { h, q, k, v, qk_raw }
+    }
+
+    /// x += down(silu(gate(h)) * up(h)) with h = rmsnorm(x); returns (h, gate_up, act) for a backward pass.
+    pub(super) fn mlp(&self, layer: &Layer, x: &mut [f32]) -> [Vec<f32>; 3] {
+        let c = &self.config;
+        let (d, f, w) = (c.hidden_size, c.intermediate_size, &self.arena);
+        let t = x.len() / d;
+        let mut h = vec![0f32; t * d];
+        rmsnorm(&mut h, x, &w[layer.mlp_norm.clone()], c.rms_norm_eps);
+        let (mut gate_up, mut act) = (vec![0f32; t * 2 * f], vec![0f32; t * f]);
+        linear(&mut gate_up, &h, &w[layer.w_gate_up.clone()], t, d, 2 * f, false);
+        swiglu(&mut act, &gate_up, f);
+        linear(x, &act, &w[layer.w_down.clone()], t, f, d, true);
+        [h, gate_up, act]
+    }
+
     /// Runs `tokens` (positions cache.len() ..) through the model, appends their keys/values to the cache
     /// and returns the logits `which` asks for.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
         let c = &self.config;
-        let (t, d, f, qd, kvd, hd) =
-            (tokens.len(), c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim);
-        if t == 0 {
-            bail!("forward needs at least one token");
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            bail!("token id {bad} is outside the vocabulary (size {})", c.vocab_size);
-        }
-        let start = cache.len;
+        let (t, d, qd) = (tokens.len(), c.hidden_size, c.q_dim());
         let w = &self.arena;
-        let mut x = Vec::with_capacity(t * d);
-        for &id in tokens {
-            x.extend_from_slice(&self.arena[self.embed.clone()][id as usize * d..][..d]);
-        }
-        let qkvd = qd + 2 * kvd;
-        let (mut h, mut qkv, mut q, mut k) =
-            (vec![0f32; t * d], vec![0f32; t * qkvd], vec![0f32; t * qd], vec![0f32; t * kvd]);
-        let (mut att, mut gate_up, mut act) = (vec![0f32; t * qd], vec![0f32; t * 2 * f], vec![0f32; t * f]);
-        let (cos, sin) = self.rope.table(start, t);
-        let half = hd / 2;
+        let mut x = self.embed(tokens);
+        let mut att = vec![0f32; t * qd];
+        let (cos, sin) = self.rope.table(cache.len, t);
         for (layer, (kc, vc)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
-            rmsnorm(&mut h, &x, &layer.attn_norm, c.rms_norm_eps);
-            linear(&mut qkv, &h, &w[layer.w_qkv.clone()], t, d, qkvd, false);
-            if let Some(b) = &layer.b_qkv {
-                for row in qkv.chunks_exact_mut(qkvd) {
-                    row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                }
-            }
-            for (i, row) in qkv.chunks_exact(qkvd).enumerate() {
-                q[i * qd..][..qd].copy_from_slice(&row[..qd]);
-                k[i * kvd..][..kvd].copy_from_slice(&row[qd..qd + kvd]);
-                vc.extend_from_slice(&row[qd + kvd..]);
-            }
-            if let Some([nq, nk]) = &layer.qk_norm {
-                rmsnorm_inplace(&mut q, nq, c.rms_norm_eps);
-                rmsnorm_inplace(&mut k, nk, c.rms_norm_eps);
-            }
-            for i in 0..t {
-                let (cs, sn) = (&cos[i * half..][..half], &sin[i * half..][..half]);
-                Rope::apply(&mut q[i * qd..][..qd], cs, sn);
-                Rope::apply(&mut k[i * kvd..][..kvd], cs, sn);
-            }
-            kc.extend_from_slice(&k);
-            attention(&mut att, &q, kc, vc, t, c.num_heads, c.num_kv_heads, hd);
+            let a = self.attn_in(layer, &x, &cos, &sin, false);
+            kc.extend_from_slice(&a.k);
+            vc.extend_from_slice(&a.v);
+            attention(&mut att, &a.q, kc, vc, t, c.num_heads, c.num_kv_heads, c.head_dim);
             linear(&mut x, &att, &w[layer.wo.clone()], t, qd, d, true);
-
-            rmsnorm(&mut h, &x, &layer.mlp_norm, c.rms_norm_eps);
-            linear(&mut gate_up, &h, &w[layer.w_gate_up.clone()], t, d, 2 * f, false);
-            swiglu(&mut act, &gate_up, f);
-            linear(&mut x, &act, &w[layer.w_down.clone()], t, f, d, true);
+            self.mlp(layer, &mut x);
         }
         cache.len += t;
 
@@ -203,10 +319,9 @@ impl CpuModel {
         };
         let n = rows.len() / d;
         let mut normed = vec![0f32; n * d];
-        rmsnorm(&mut normed, rows, &self.norm, c.rms_norm_eps);
+        rmsnorm(&mut normed, rows, &w[self.norm.clone()], c.rms_norm_eps);
         let mut logits = vec![0f32; n * c.vocab_size];
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed).clone();
-        linear(&mut logits, &normed, &w[head], n, d, c.vocab_size, false);
+        linear(&mut logits, &normed, &w[self.head()], n, d, c.vocab_size, false);
         Ok(logits)
     }
 }
