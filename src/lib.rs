@@ -22,3 +22,4 @@ pub mod sandbox;
 pub mod serve;
 pub mod tensor;
 pub mod tokenizer;
+pub mod trainer;

@@ -2,7 +2,7 @@
 //! llama (tied head, llama3 rope) and qwen2 (biases, untied head), two packed sequences, the loss
 //! L = sum_t coef_t * logp_t over every next-token position. Checked per tensor, llm.c style: the log-probs,
 //! every parameter's gradient, and a 10-step AdamW trajectory (weight decay and gradient clipping on).
-use mappa::cpu::CpuModel;
+use mappa::cpu::{split_params, CpuModel};
 use mappa::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -118,7 +118,7 @@ fn check_trajectory(name: &str) {
         if step == 10 {
             break;
         }
-        let mut g = split_mut(&mut grads, &params);
+        let mut g = split_params(&params, &mut grads);
         let norm = clip_grad_norm(&mut g, max_norm) as f64;
         assert!(
             (norm - want_norm[step]).abs() < 2e-4 * want_norm[step],
@@ -126,25 +126,9 @@ fn check_trajectory(name: &str) {
             want_norm[step]
         );
         let g: Vec<&[f32]> = g.into_iter().map(|s| &*s).collect();
-        let mut flat = f.model.flat_mut().to_vec();
-        let mut p = split_mut(&mut flat, &params);
-        opt.step(&mut p, &g, lr).unwrap();
-        f.model.flat_mut().copy_from_slice(&flat);
+        let (_, flat) = f.model.params_and_flat_mut();
+        opt.step(&mut split_params(&params, flat), &g, lr).unwrap();
     }
-}
-
-/// The disjoint, ordered parameter ranges of a flat buffer as separate slices.
-fn split_mut<'a>(mut flat: &'a mut [f32], params: &[mappa::cpu::Param]) -> Vec<&'a mut [f32]> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    for p in params {
-        let (_, rest) = std::mem::take(&mut flat).split_at_mut(p.range.start - at);
-        let (mine, rest) = rest.split_at_mut(p.range.len());
-        out.push(mine);
-        flat = rest;
-        at = p.range.end;
-    }
-    out
 }
 
 #[test]

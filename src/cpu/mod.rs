@@ -9,5 +9,5 @@ pub mod model;
 pub mod ops;
 pub mod train;
 
-pub use model::{CpuModel, KvCache, Logits, Param};
+pub use model::{split_params, CpuModel, KvCache, Logits, Param};
 pub use train::{Scores, Tape};

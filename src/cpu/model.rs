@@ -92,6 +92,21 @@ pub(super) struct AttnIn {
     pub qk_raw: Option<(Vec<f32>, Vec<f32>)>,
 }
 
+/// `flat` (a buffer in the arena's layout: weights or gradients) as one slice per parameter of `params`, in
+/// order.
+pub fn split_params<'a>(params: &[Param], mut flat: &'a mut [f32]) -> Vec<&'a mut [f32]> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(params.len());
+    for p in params {
+        let (_, rest) = std::mem::take(&mut flat).split_at_mut(p.range.start - at);
+        let (mine, rest) = rest.split_at_mut(p.range.len());
+        out.push(mine);
+        flat = rest;
+        at = p.range.end;
+    }
+    out
+}
+
 /// Lays tensors out in the arena and records their names.
 #[derive(Default)]
 struct Layout {
@@ -204,6 +219,11 @@ impl CpuModel {
 
     pub fn flat_mut(&mut self) -> &mut [f32] {
         self.arena.as_mut_slice()
+    }
+
+    /// The parameter table and the flat weights, mutable: what an optimizer step needs at once.
+    pub fn params_and_flat_mut(&mut self) -> (&[Param], &mut [f32]) {
+        (&self.params, self.arena.as_mut_slice())
     }
 
     /// A copy of the weights by Hugging Face name, for writing a checkpoint.
