@@ -4,6 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use mappa::cpu::CpuModel;
 use mappa::generate::generate;
+use mappa::run::{Open, Run};
+use mappa::run_config::RunConfig;
 use mappa::sample::SamplingParams;
 use mappa::tensor::DType;
 use mappa::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
@@ -31,10 +33,28 @@ enum Command {
     },
     /// Print what this build has: CUDA kernels, nvcc version, a CUDA device.
     Info,
+    /// Train a team of agents (MAPPA). Without --config: the quickstart job (MathChat on a few GSM8K
+    /// problems, SmolLM2 agents and coach, CPU), ending with the report's path.
+    Train(TrainArgs),
+    /// Evaluate a run's newest checkpoint on its eval sets (appends to RUN_DIR/eval.jsonl).
+    Eval { run_dir: PathBuf },
     /// Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models).
     Serve(mappa::serve::ServeArgs),
     /// Draw a training run's curves and a one-page HTML summary.
     Report(mappa::report::ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// A run configuration (TOML file) or a preset name (mathchat, dsbench).
+    #[arg(long, conflicts_with = "resume")]
+    config: Option<String>,
+    /// Continue the run in this directory from its newest checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Override a configuration value, e.g. --set rl.lr=2e-6 (repeatable).
+    #[arg(long = "set", conflicts_with = "resume")]
+    overrides: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +132,8 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} tensors, {dtype:?})", out_dir.display(), m.weights.tensors.len());
             Ok(())
         }
+        Command::Train(a) => cmd_train(a),
+        Command::Eval { run_dir } => Run::open(Open::Inspect(&run_dir))?.evaluate(),
         Command::Serve(a) => mappa::serve::run(a),
         Command::Report(a) => mappa::report::run(a),
         Command::Info => {
@@ -130,6 +152,26 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let mut run = match (&a.resume, &a.config) {
+        (Some(dir), _) => Run::open(Open::Resume(dir))?,
+        (None, config) => {
+            let cfg = match config.as_deref() {
+                None => Run::quickstart()?,
+                Some(c) if Path::new(c).is_file() => RunConfig::load(c)?,
+                Some(c) => RunConfig::preset(c).with_context(|| {
+                    format!("--config {c}: neither a file nor a preset ({})", RunConfig::preset_names().join(", "))
+                })?,
+            };
+            Run::open(Open::New(Box::new(cfg.with_overrides(&a.overrides)?)))?
+        }
+    };
+    let dir = run.train()?;
+    let index = mappa::report::write_report(&dir)?;
+    println!("{}", index.display());
+    Ok(())
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {

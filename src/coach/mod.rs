@@ -11,15 +11,16 @@
 //! worker threads, and [`Coach::spawn_score_all`] does so in the background.
 //!
 //! Backends implement [`CoachBackend`]: [`HttpCoach`] (OpenAI-compatible API), [`RuleCoach`] (graded
-//! answers). A local model served by the engine fits the same trait: its `complete` can enqueue the
-//! messages into a batch and block until its reply, while `score_all` keeps enough calls in flight.
+//! answers), [`LocalCoach`] (a model run by the engine).
 mod http;
+mod local;
 mod log;
 mod parse;
 mod prompt;
 mod rule;
 
 pub use http::{HttpCoach, HttpCoachConfig};
+pub use local::LocalCoach;
 pub use log::{CoachLog, LogRecord};
 pub use parse::{parse_score, ParseError, MAX_SCORE, SCORE_KEY};
 pub use prompt::{

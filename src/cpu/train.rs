@@ -97,16 +97,16 @@ impl CpuModel {
     }
 
     /// One layer forward over packed sequences: returns its activations; `x` becomes the layer's output.
-    fn layer_train(&self, layer: &Layer, x: &mut Vec<f32>, seq_lens: &[usize], cos: &[f32], sin: &[f32]) -> LayerActs {
+    fn layer_train(&self, layer: &Layer, x: &mut [f32], seq_lens: &[usize], cos: &[f32], sin: &[f32]) -> LayerActs {
         let c = &self.config;
         let (t, d, qd) = (x.len() / c.hidden_size, c.hidden_size, c.q_dim());
         let a = self.attn_in(layer, x, cos, sin, true);
         let mut att = vec![0f32; t * qd];
         let p = Packed { seq_lens, n_heads: c.num_heads, n_kv: c.num_kv_heads, hd: c.head_dim };
         attention_packed_forward(&a.q, &a.k, &a.v, p, &mut att);
-        let input = x.clone();
+        let input = x.to_vec();
         linear(x, &att, &self.arena[layer.wo.clone()], t, qd, d, true);
-        let x_mid = x.clone();
+        let x_mid = x.to_vec();
         let mlp = self.mlp(layer, x);
         LayerActs { x: input, a, att, x_mid, mlp }
     }

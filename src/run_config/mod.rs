@@ -190,6 +190,13 @@ pub struct CoachConfig {
     /// Give the coach the ground truth when it scores the final agent.
     #[serde(default = "d_true")]
     pub ground_truth_to_final_agent: bool,
+    /// `local` only: most tokens of one coach reply.
+    #[serde(default = "d_coach_max_tokens")]
+    pub max_tokens: usize,
+    /// `local` only: text the coach's reply is started with (e.g. `PROCESS_SCORE:` for a model too small to
+    /// follow the answer format by itself); the model continues from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_prefix: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,6 +455,9 @@ fn d_concurrency() -> usize {
 }
 fn d_coach_timeout() -> f64 {
     120.0
+}
+fn d_coach_max_tokens() -> usize {
+    1024
 }
 fn d_retries() -> u32 {
     5

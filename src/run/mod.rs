@@ -1,0 +1,227 @@
+//! `mappa train`: the MAPPA loop (paper notes §2.6). Per rollout step:
+//!
+//! 1. rollouts: the step's tasks x `samples_per_prompt` episodes of the whole pipeline, every agent on its own
+//!    weights (`rollout::run_episodes`, batched per agent turn);
+//! 2. coach: every action of every episode scored 0-10 (concurrently, `coach.concurrency` calls in flight);
+//!    an unscored action is left out of training and counted; the reward is score / 10;
+//! 3. training: per agent, its scored actions become samples of exactly the context it saw plus its tokens,
+//!    and its `Trainer` takes the REINFORCE++ step against the frozen reference;
+//! 4. one `metrics.jsonl` line per agent; evaluation every `eval_every` steps (`eval.jsonl`); checkpoints
+//!    every `checkpoint_every` steps and at the end.
+//!
+//! Everything random derives from `run.seed` and the step, so `--resume` from a checkpoint repeats the
+//! following steps exactly (timings aside). The run directory holds the resolved `config.toml`, the
+//! metrics, the coach log and the checkpoints; `mappa report` draws it.
+pub mod checkpoint;
+mod metrics;
+mod setup;
+
+pub use metrics::StepMetrics;
+pub use setup::{build_coach, Open};
+
+use crate::coach::{Coach, CoachOutcome};
+use crate::data::{derive_seed, Task, TaskSampler};
+use crate::eval::summarize;
+use crate::loader::LoadedModel;
+use crate::rollout::{coach_request, run_episodes, Engine, Episode, Phase};
+use crate::run_config::RunConfig;
+use crate::tokenizer::Tokenizer;
+use crate::trainer::{Sample, Trainer};
+use anyhow::{ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything a run holds in memory.
+pub struct Run {
+    pub cfg: RunConfig,
+    pub dir: PathBuf,
+    /// The base model's config and tokenizer files (its weights are dropped): written beside checkpoints.
+    base: LoadedModel,
+    tok: Tokenizer,
+    pub agents: Vec<Trainer>,
+    reference: crate::cpu::CpuModel,
+    coach: Coach,
+    train: Vec<Task>,
+    eval_sets: Vec<(String, Vec<Task>)>,
+    sampler: TaskSampler,
+    /// Rollout steps done.
+    pub step: u64,
+}
+
+impl Run {
+    /// A new run in `cfg.run_dir()` (which must not hold a run already), or an existing run from its newest
+    /// checkpoint (see `Open`).
+    pub fn open(how: Open) -> Result<Run> {
+        setup::open(how)
+    }
+
+    /// The README's main job: `presets/quickstart.toml` with the SmolLM2 model tools/setup.sh installs as
+    /// agents and coach, the GSM8K problems this binary carries, and a fresh timestamped run directory.
+    pub fn quickstart() -> Result<RunConfig> {
+        let home = crate::loader::setup_home().context("HOME or MAPPA_HOME must be set")?;
+        let model = home.join(crate::loader::SMOLLM2_GGUF);
+        ensure!(model.is_file(), "{} is missing: run `bash tools/setup.sh` first", model.display());
+        let data = home.join("data");
+        std::fs::create_dir_all(&data)?;
+        let (train, test) = (data.join("gsm8k_quickstart_train.jsonl"), data.join("gsm8k_quickstart_test.jsonl"));
+        std::fs::write(&train, include_str!("../presets/gsm8k_quickstart_train.jsonl"))?;
+        std::fs::write(&test, include_str!("../presets/gsm8k_quickstart_test.jsonl"))?;
+        let mut cfg = RunConfig::from_toml_str(include_str!("../presets/quickstart.toml"), "presets/quickstart.toml")?;
+        cfg.run.base_model = Some(model.clone());
+        cfg.coach.model = Some(model.to_string_lossy().into_owned());
+        (cfg.data.train, cfg.data.eval) = (train, vec![test]);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        cfg.run.dir = Some(Path::new("runs").join(format!("quickstart-{now}")));
+        Ok(cfg)
+    }
+
+    /// Runs the remaining steps; returns the run directory.
+    pub fn train(&mut self) -> Result<PathBuf> {
+        let rl = &self.cfg.rl;
+        if self.step == 0 && rl.eval_before_training {
+            self.evaluate()?;
+        }
+        let bar = ProgressBar::new(self.cfg.run.steps).with_position(self.step);
+        bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed}]")?);
+        while self.step < self.cfg.run.steps {
+            self.train_step(&bar)?;
+            let (every, ckpt) = (self.cfg.rl.eval_every, self.cfg.rl.checkpoint_every);
+            if every > 0 && self.step % every == 0 {
+                bar.set_message("evaluating");
+                self.evaluate()?;
+            }
+            if (ckpt > 0 && self.step % ckpt == 0) || self.step == self.cfg.run.steps {
+                bar.set_message("checkpoint");
+                self.checkpoint()?;
+            }
+            bar.inc(1);
+        }
+        bar.finish_with_message("done");
+        Ok(self.dir.clone())
+    }
+
+    /// One rollout step (module docs), appending its metrics.
+    pub fn train_step(&mut self, bar: &ProgressBar) -> Result<Vec<StepMetrics>> {
+        let step = self.step;
+        let seed = self.cfg.run.seed;
+        let picked = self.sampler.step(step);
+        let tasks: Vec<(usize, &Task)> = picked.iter().map(|&i| (i, &self.train[i])).collect();
+
+        bar.set_message(format!("rollout: {} episodes", tasks.len() * self.cfg.rl.samples_per_prompt));
+        let t0 = Instant::now();
+        let work = self.dir.join("work").join("train");
+        let engines: Vec<&dyn Engine> = self.agents.iter().map(|t| &t.model as &dyn Engine).collect();
+        let episodes = run_episodes(
+            &engines,
+            &self.tok,
+            &self.cfg,
+            &tasks,
+            self.cfg.rl.samples_per_prompt,
+            Phase::Train,
+            derive_seed(&[seed, step, 0]),
+            &work,
+        )?;
+        let rollout_s = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let scores = self.score(&episodes, bar)?;
+        let coach_s = t1.elapsed().as_secs_f64();
+
+        let mut out = Vec::with_capacity(self.agents.len());
+        let mut stats = Vec::with_capacity(self.agents.len());
+        for i in 0..self.agents.len() {
+            bar.set_message(format!("training {}", self.cfg.agents[i].name));
+            let samples = samples_of(&episodes, &scores, i);
+            stats.push(self.agents[i].train_step(
+                &samples,
+                &self.reference,
+                derive_seed(&[seed, step, 1, i as u64]),
+            )?);
+        }
+        let train_s: f64 = stats.iter().map(|s| s.seconds).sum();
+        self.step += 1;
+        for (i, s) in stats.into_iter().enumerate() {
+            let m = StepMetrics::new(self.step, &self.cfg, i, &episodes, &scores, s, [rollout_s, coach_s, train_s]);
+            m.append_to(&self.dir.join("metrics.jsonl"))?;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Coach scores per episode and action (`None`: unscored).
+    fn score(&self, episodes: &[Episode], bar: &ProgressBar) -> Result<Vec<Vec<Option<f32>>>> {
+        let mut reqs = Vec::new();
+        for ep in episodes {
+            for a in 0..ep.actions.len() {
+                reqs.push(coach_request(ep, a, &self.cfg, &self.tok, &self.train[ep.task_index])?);
+            }
+        }
+        bar.set_message(format!("coach: {} actions", reqs.len()));
+        let mut outcomes = self.coach.score_all(reqs, self.cfg.coach.concurrency).into_iter();
+        Ok(episodes
+            .iter()
+            .map(|ep| {
+                ep.actions
+                    .iter()
+                    .map(|_| match outcomes.next() {
+                        Some(CoachOutcome::Scored { score, .. }) => Some(score),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Evaluates the current agents on every eval set at the eval temperature; appends to `eval.jsonl`.
+    pub fn evaluate(&self) -> Result<()> {
+        let engines: Vec<&dyn Engine> = self.agents.iter().map(|t| &t.model as &dyn Engine).collect();
+        for (name, tasks) in &self.eval_sets {
+            let indexed: Vec<(usize, &Task)> = tasks.iter().enumerate().collect();
+            let work = self.dir.join("work").join("eval");
+            let seed = derive_seed(&[self.cfg.run.seed, self.step, 2]);
+            let k = self.cfg.rl.eval_samples_per_prompt;
+            let episodes = run_episodes(&engines, &self.tok, &self.cfg, &indexed, k, Phase::Eval, seed, &work)?;
+            let summary = summarize(name, self.step, &self.cfg, &episodes, None)?;
+            eprintln!(
+                "eval {name} @ step {}: avg@{k} {:.3} ± {:.3}, pass@{k} {:.3} ± {:.3}",
+                self.step, summary.avg_at_k, summary.avg_at_k_se, summary.pass_at_k, summary.pass_at_k_se
+            );
+            summary.append_to(&self.dir.join("eval.jsonl"))?;
+        }
+        Ok(())
+    }
+
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        let named: Vec<(&str, &Trainer)> =
+            self.cfg.agents.iter().zip(&self.agents).map(|(a, t)| (a.name.as_str(), t)).collect();
+        checkpoint::save(&self.dir, self.step, &named, &self.base)
+    }
+}
+
+/// Agent `agent`'s scored actions as training samples: the exact context it saw, then its tokens.
+fn samples_of(episodes: &[Episode], scores: &[Vec<Option<f32>>], agent: usize) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for (ep, sc) in episodes.iter().zip(scores) {
+        for (a, s) in ep.actions.iter().zip(sc) {
+            if let (true, Some(score), false) = (a.agent == agent, s, a.tokens.is_empty()) {
+                out.push(Sample {
+                    tokens: [a.context.as_slice(), &a.tokens].concat(),
+                    prompt_len: a.context.len(),
+                    logp_old: a.logprobs.clone(),
+                    reward: score / crate::coach::MAX_SCORE as f32,
+                    truncated: a.finish == crate::generate::FinishReason::Length,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Checks that `dir` can start a new run: absent, or empty.
+fn check_fresh(dir: &Path) -> Result<()> {
+    let busy =
+        dir.is_dir() && std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_some();
+    ensure!(!busy, "{} already holds a run: resume it with --resume {0}, or set run.dir elsewhere", dir.display());
+    Ok(())
+}

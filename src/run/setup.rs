@@ -1,0 +1,187 @@
+//! Opening a run: a new one (fresh run directory, resolved config written, every agent from its base
+//! model) or a resumed one (config and newest checkpoint read back, later metrics lines dropped so the
+//! continuation rewrites them), plus the data, the frozen reference and the coach.
+use super::{check_fresh, checkpoint, Run};
+use crate::coach::MATHCHAT_TEMPLATE;
+use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
+use crate::cpu::CpuModel;
+use crate::data::{load_tasks, train_split, TaskSampler, HOLDOUT_NAME};
+use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
+use crate::run_config::{CoachBackend, LrSchedule as Schedule, RunConfig};
+use crate::tokenizer::Tokenizer;
+use crate::trainer::{Trainer, TrainerConfig};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::Path;
+use std::time::Duration;
+
+/// Samples packed into one training forward pass, in tokens.
+const MICRO_BATCH_TOKENS: usize = 4096;
+
+/// How to open a run.
+pub enum Open<'a> {
+    /// A new run of this configuration.
+    New(Box<RunConfig>),
+    /// Continue the run in this directory from its newest checkpoint (later metrics are dropped).
+    Resume(&'a Path),
+    /// Load the run's newest checkpoint to evaluate it (nothing is dropped).
+    Inspect(&'a Path),
+}
+
+pub(super) fn open(how: Open) -> Result<Run> {
+    let (cfg, dir, from) = match how {
+        Open::Resume(dir) | Open::Inspect(dir) => {
+            let cfg = RunConfig::load(dir.join("config.toml"))?;
+            let Some((ckpt, state)) = checkpoint::latest(dir)? else {
+                bail!("{} has no complete checkpoint", dir.display());
+            };
+            if let Open::Resume(_) = how {
+                drop_lines_after(&dir.join("metrics.jsonl"), state.step)?;
+                drop_lines_after(&dir.join("eval.jsonl"), state.step)?;
+            }
+            (cfg, dir.to_path_buf(), Some((ckpt, state.step)))
+        }
+        Open::New(cfg) => {
+            let cfg = *cfg;
+            let dir = cfg.run_dir();
+            check_fresh(&dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(dir.join("config.toml"), cfg.to_toml_string()?)?;
+            (cfg, dir, None)
+        }
+    };
+    cfg.check_paths()?;
+    let base_path = cfg.agent_base_model(0).to_path_buf();
+    for i in 1..cfg.agents.len() {
+        ensure!(
+            cfg.agent_base_model(i) == base_path,
+            "agent {} starts from {}, agent {} from {}: one base model (and tokenizer) for the team is supported",
+            cfg.agents[0].name,
+            base_path.display(),
+            cfg.agents[i].name,
+            cfg.agent_base_model(i).display()
+        );
+    }
+    let base = crate::loader::load(&base_path)?;
+    let tok = Tokenizer::new(&base.tokenizer, &base.config)?;
+    let reference = CpuModel::new(&base)?;
+    let mut agents = Vec::with_capacity(cfg.agents.len());
+    for i in 0..cfg.agents.len() {
+        let tc = trainer_config(&cfg, i);
+        agents.push(match &from {
+            None => Trainer::new(CpuModel::new(&base)?, tc)?,
+            Some((ckpt, _)) => {
+                let d = ckpt.join(&cfg.agents[i].name);
+                let m = crate::loader::load(&d)?;
+                Trainer::resume(CpuModel::new(&m)?, tc, &d.join(checkpoint::OPTIMIZER_FILE))?
+            }
+        });
+    }
+    let tasks = load_tasks(&cfg.data.train, &cfg.data)?;
+    let split = train_split(tasks, &cfg.data, cfg.run.seed)?;
+    let mut eval_sets = Vec::new();
+    for path in &cfg.data.eval {
+        let name = path.file_stem().map_or("eval".into(), |s| s.to_string_lossy().into_owned());
+        eval_sets.push((name, load_tasks(path, &cfg.data)?));
+    }
+    if !split.holdout.is_empty() {
+        eval_sets.push((HOLDOUT_NAME.to_string(), split.holdout));
+    }
+    let sampler = TaskSampler::new(split.train.len(), cfg.rl.prompts_per_step, cfg.run.seed)?;
+    let coach = build_coach(&cfg, &dir)?;
+    let mut base = base;
+    base.weights = Default::default(); // only the tokenizer files are needed from here on
+    Ok(Run {
+        step: from.map_or(0, |(_, s)| s),
+        cfg,
+        dir,
+        base,
+        tok,
+        agents,
+        reference,
+        coach,
+        train: split.train,
+        eval_sets,
+        sampler,
+    })
+}
+
+fn trainer_config(cfg: &RunConfig, agent: usize) -> TrainerConfig {
+    let rl = &cfg.rl;
+    let actions = rl.prompts_per_step * rl.samples_per_prompt * cfg.agents[agent].max_actions.max(1) as usize;
+    let total = cfg.run.steps * rl.epochs_per_step as u64 * actions.div_ceil(rl.samples_per_optimizer_step) as u64;
+    TrainerConfig {
+        advantage: rl.advantage_config(),
+        loss: rl.pg_loss_config(),
+        adamw: AdamWConfig {
+            betas: (rl.adam_beta1 as f32, rl.adam_beta2 as f32),
+            eps: rl.adam_eps as f32,
+            weight_decay: rl.weight_decay as f32,
+        },
+        schedule: LrSchedule {
+            base_lr: rl.lr as f32,
+            warmup_steps: warmup_steps(total, rl.warmup_ratio),
+            total_steps: total,
+            min_lr_ratio: match rl.lr_schedule {
+                Schedule::Cosine => rl.lr_min_ratio as f32,
+                Schedule::Constant => 1.0,
+            },
+        },
+        max_grad_norm: rl.grad_clip as f32,
+        samples_per_optimizer_step: rl.samples_per_optimizer_step,
+        epochs: rl.epochs_per_step,
+        micro_batch_tokens: MICRO_BATCH_TOKENS,
+        temperature: cfg.sampling(agent).temperature as f32,
+        recompute: true,
+    }
+}
+
+/// The coach the configuration asks for, logging every exchange to `run_dir/coach_log.jsonl`.
+pub fn build_coach(cfg: &RunConfig, run_dir: &Path) -> Result<Coach> {
+    let c = &cfg.coach;
+    let prompt = CoachPrompt::new(c.prompt_template.as_deref().unwrap_or(MATHCHAT_TEMPLATE), c.tool_output_chars)?;
+    let log = Some(CoachLog::open(&run_dir.join("coach_log.jsonl"))?);
+    let model = || c.model.clone().context("coach.model is required for this coach backend");
+    Ok(match c.backend {
+        CoachBackend::Http => {
+            let hc = HttpCoachConfig {
+                base_url: c.endpoint.clone().context("coach.endpoint is required for the http coach")?,
+                model: model()?,
+                api_key_env: c.api_key_env.clone(),
+                timeout: Duration::from_secs_f64(c.timeout_s),
+                max_retries: c.retries,
+                max_in_flight: c.concurrency.max(1),
+                ..HttpCoachConfig::default()
+            };
+            Coach::new(HttpCoach::new(hc)?, prompt, log)
+        }
+        CoachBackend::Local => {
+            let local =
+                LocalCoach::load(Path::new(&model()?), c.max_tokens, c.temperature as f32, c.reply_prefix.clone())?;
+            Coach::new(local, prompt, log)
+        }
+        CoachBackend::Rule => {
+            let last = &cfg.agents.last().context("the run has no agents")?.name;
+            Coach::new(
+                RuleCoach::new(last, OtherAgents::BoxedMatch { default: 5.0 }, cfg.data.last_number_fallback)?,
+                prompt,
+                log,
+            )
+        }
+    })
+}
+
+/// Rewrites a JSON Lines file without the lines whose "step" is past `step` (a resumed run redoes them).
+fn drop_lines_after(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let keep: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, keep).with_context(|| format!("rewriting {}", path.display()))
+}

@@ -1,0 +1,415 @@
+//! `mappa serve` end to end: the real binary serves a tiny random chat model (SmolLM2's tokenizer and chat
+//! template) from a Hugging Face directory, and its answers are checked over HTTP against generation run in
+//! this process on the same model.
+mod common;
+
+use mappa::coach::{CoachBackend, HttpCoach, HttpCoachConfig};
+use mappa::cpu::CpuModel;
+use mappa::generate::{generate, FinishReason};
+use mappa::sample::SamplingParams;
+use mappa::tokenizer::{ChatMessage, Tokenizer};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::served::{Served, MODEL};
+/// The tiny model's context length (tests/common's tiny_config).
+const CONTEXT: usize = 256;
+
+impl Served {
+    fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.agent.get(&self.url(path)).call().expect("GET");
+        body_json(response)
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let response =
+            self.agent.post(&self.url(path)).header("Content-Type", "application/json").send(body).expect("POST");
+        body_json(response)
+    }
+
+    /// A chat completion that must succeed.
+    fn chat(&self, body: &Value) -> Value {
+        let (status, v) = self.post("/v1/chat/completions", &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["object"], "chat.completion", "{v}");
+        v
+    }
+
+    /// A streamed chat completion over a raw connection, so the framing itself can be checked: every HTTP chunk
+    /// must hold exactly one event. Returns the response head and the events' data.
+    fn stream(&self, body: &Value) -> (String, Vec<String>) {
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let body = body.to_string();
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+        write!(
+            conn,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("sending the request");
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).expect("reading the response");
+        let raw = String::from_utf8(raw).expect("UTF-8 response");
+        let (head, mut rest) = raw.split_once("\r\n\r\n").expect("response head");
+        let mut events = Vec::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+            let size = usize::from_str_radix(size, 16).expect("hex chunk size");
+            if size == 0 {
+                assert_eq!(after, "\r\n", "nothing may follow the last chunk");
+                break;
+            }
+            let (chunk, after) = (after.get(..size).expect("whole chunk"), &after[size..]);
+            let data = chunk.strip_prefix("data: ").and_then(|c| c.strip_suffix("\n\n"));
+            let data = data.unwrap_or_else(|| panic!("a chunk is not exactly one event: {chunk:?}"));
+            assert!(!data.contains("\n\n"), "a chunk holds several events: {chunk:?}");
+            events.push(data.to_owned());
+            rest = after.strip_prefix("\r\n").expect("CRLF after a chunk");
+        }
+        (head.to_owned(), events)
+    }
+}
+
+fn body_json(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("response body");
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, v)
+}
+
+/// What a stream said: the concatenated text deltas, the finish reason and the usage chunk, if any.
+struct Streamed {
+    content: String,
+    content_events: usize,
+    finish: Value,
+    usage: Value,
+}
+
+fn read_events(events: &[String]) -> Streamed {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("event is not JSON ({err}): {e}")))
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant", "{}", chunks[0]);
+    let mut out = Streamed { content: String::new(), content_events: 0, finish: Value::Null, usage: Value::Null };
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk", "{c}");
+        if let Some(usage) = c.get("usage") {
+            out.usage = usage.clone();
+            continue;
+        }
+        let choice = &c["choices"][0];
+        assert!(out.finish.is_null(), "a chunk after the finish chunk: {c}");
+        out.finish = choice["finish_reason"].clone();
+        if let Some(piece) = choice["delta"]["content"].as_str().filter(|p| !p.is_empty()) {
+            out.content.push_str(piece);
+            out.content_events += 1;
+        }
+    }
+    out
+}
+
+/// The served model, loaded in this process from the same directory.
+struct Reference {
+    model: CpuModel,
+    tok: Tokenizer,
+}
+
+/// In-process generation: the prompt ids, the generation and its text without the stop token.
+struct Expected {
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    finish: &'static str,
+    text: String,
+}
+
+impl Reference {
+    fn load(served: &Served) -> Reference {
+        let loaded = mappa::loader::load(&served.model).expect("loading the served model");
+        let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
+        Reference { model: CpuModel::new(&loaded).expect("CPU model"), tok }
+    }
+
+    fn generate(&self, messages: &[ChatMessage], max_new: usize, params: SamplingParams) -> Expected {
+        let prompt = self.tok.encode_chat(messages).expect("prompt");
+        let g = generate(&self.model, &prompt, max_new, params, self.tok.stop_ids(), |_| Ok(())).expect("generate");
+        let content = match g.finish {
+            FinishReason::Stop => &g.tokens[..g.tokens.len() - 1],
+            FinishReason::Length => &g.tokens[..],
+        };
+        let text = self.tok.decode(content, true).expect("decode");
+        let finish = match g.finish {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        };
+        Expected { prompt, tokens: g.tokens, logprobs: g.logprobs, finish, text }
+    }
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams::default()
+}
+
+fn messages() -> Vec<ChatMessage> {
+    vec![ChatMessage::new("system", "You are terse."), ChatMessage::new("user", "Name a colour.")]
+}
+
+fn greedy_body(max_tokens: usize) -> Value {
+    json!({"messages": messages(), "temperature": 0, "max_tokens": max_tokens})
+}
+
+fn assert_error(status: u16, v: &Value, want_status: u16, want_code: &str, what: &str) {
+    assert_eq!(status, want_status, "{what}: {v}");
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+    assert!(e["type"].is_string(), "{what}: {v}");
+    assert_eq!(e["code"], want_code, "{what}: {v}");
+}
+
+#[test]
+fn models_endpoint_lists_the_served_name() {
+    let served = Served::start(&[]);
+    assert_eq!(served.name, MODEL);
+    let (status, v) = served.get("/v1/models");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().expect("data list");
+    assert_eq!(data.len(), 1, "{v}");
+    assert_eq!((&data[0]["id"], &data[0]["object"]), (&json!(MODEL), &json!("model")));
+    let (status, v) = served.get(&format!("/v1/models/{MODEL}"));
+    assert_eq!((status, &v["id"]), (200, &json!(MODEL)), "{v}");
+    let (status, v) = served.get("/v1/models/gpt-4o");
+    assert_error(status, &v, 404, "model_not_found", "unknown model id");
+}
+
+#[test]
+fn greedy_completion_matches_in_process_generation() {
+    let served = Served::start(&[]);
+    let expected = Reference::load(&served).generate(&messages(), 24, greedy());
+    assert!(!expected.text.is_empty(), "the test needs a non-empty completion");
+
+    let v = served.chat(&greedy_body(24));
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], expected.text.as_str(), "{v}");
+    assert_eq!(choice["finish_reason"], expected.finish, "{v}");
+    assert_eq!(choice["logprobs"], Value::Null);
+    assert_eq!(v["model"], MODEL);
+    let (p, c) = (expected.prompt.len(), expected.tokens.len());
+    assert_eq!(v["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
+
+    // The same prompt with the model named and the user content given as a list of text parts.
+    let parts = json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [{"type": "text", "text": "Name a colour."}]},
+        ],
+        "temperature": 0,
+        "max_completion_tokens": 24,
+    });
+    assert_eq!(served.chat(&parts)["choices"][0]["message"]["content"], expected.text.as_str());
+
+    // logprobs: one entry per content token, the values generate() reports.
+    let mut body = greedy_body(24);
+    body["logprobs"] = json!(true);
+    let v = served.chat(&body);
+    let content = v["choices"][0]["logprobs"]["content"].as_array().expect("logprobs.content");
+    let n_content = expected.tokens.len() - usize::from(expected.finish == "stop");
+    assert_eq!(content.len(), n_content, "{v}");
+    for (entry, want) in content.iter().zip(&expected.logprobs) {
+        let got = entry["logprob"].as_f64().expect("logprob") as f32;
+        assert!((got - want).abs() < 1e-4, "logprob {got} vs {want}");
+        assert!(entry["token"].is_string(), "{entry}");
+    }
+}
+
+#[test]
+fn stream_matches_the_non_stream_completion() {
+    let served = Served::start(&[]);
+    let full = served.chat(&greedy_body(24));
+    let mut body = greedy_body(24);
+    body["stream_options"] = json!({"include_usage": true});
+    let (head, events) = served.stream(&body);
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let streamed = read_events(&events);
+    assert_eq!(streamed.content, full["choices"][0]["message"]["content"].as_str().expect("content"));
+    assert!(streamed.content_events >= 2, "the text should arrive in pieces: {events:?}");
+    assert_eq!(streamed.finish, full["choices"][0]["finish_reason"]);
+    assert_eq!(streamed.usage, full["usage"]);
+}
+
+/// A stop string across a token boundary of `e` (the last character of tokens[..k], the first one token k adds),
+/// so a stream must hold that first character back until the next token decides; with the text before it and
+/// the tokens generated up to the stop string's end (k + 1).
+fn stop_across_tokens(reference: &Reference, e: &Expected) -> (String, String, usize) {
+    let plain = |c: char| c.is_alphanumeric();
+    let decode = |k: usize| reference.tok.decode(&e.tokens[..k], true).expect("decode");
+    for k in 2..e.tokens.len() {
+        let (before, after) = (decode(k), decode(k + 1));
+        let (Some(last), Some(next)) =
+            (before.chars().last(), after.get(before.len()..).and_then(|s| s.chars().next()))
+        else {
+            continue;
+        };
+        let stop = format!("{last}{next}");
+        let at = before.len() - last.len_utf8();
+        if plain(last) && plain(next) && e.text.find(&stop) == Some(at) {
+            return (stop, before[..at].to_owned(), k + 1);
+        }
+    }
+    panic!("no stop string across a token boundary in {:?}", e.text);
+}
+
+#[test]
+fn stop_strings_cut_the_text() {
+    let served = Served::start(&[]);
+    let reference = Reference::load(&served);
+    let expected = reference.generate(&messages(), 24, greedy());
+    let (stop, cut, tokens) = stop_across_tokens(&reference, &expected);
+
+    let mut body = greedy_body(24);
+    body["stop"] = json!(stop);
+    let v = served.chat(&body);
+    assert_eq!(v["choices"][0]["message"]["content"], cut, "stop {stop:?} in {:?}", expected.text);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], tokens, "generation ends with the token that completes the stop");
+
+    // A list of stop strings, streamed: the same cut, and nothing past it was sent.
+    body["stop"] = json!(["never-generated-zzz", stop]);
+    let (_, events) = served.stream(&body);
+    let streamed = read_events(&events);
+    assert_eq!((streamed.content.as_str(), &streamed.finish), (cut.as_str(), &json!("stop")));
+
+    // With logprobs (generation runs on, the text is cut all the same).
+    body["logprobs"] = json!(true);
+    let v = served.chat(&body);
+    assert_eq!(v["choices"][0]["message"]["content"], cut);
+    assert_eq!(v["usage"]["completion_tokens"], tokens);
+    let logprobs = v["choices"][0]["logprobs"]["content"].as_array().expect("logprobs");
+    assert_eq!(logprobs.len(), tokens);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let served = Served::start(&[]);
+    let body = |seed: u64| json!({"messages": messages(), "temperature": 1.0, "seed": seed, "max_tokens": 16});
+    let content = |v: Value| v["choices"][0]["message"]["content"].as_str().expect("content").to_owned();
+    let first = content(served.chat(&body(1234)));
+    assert_eq!(content(served.chat(&body(1234))), first);
+    assert_ne!(content(served.chat(&body(1235))), first, "another seed should sample another text");
+    let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1234 };
+    assert_eq!(Reference::load(&served).generate(&messages(), 16, params).text, first);
+}
+
+#[test]
+fn bad_requests_are_400_with_an_error_object() {
+    let served = Served::start(&[]);
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let long_prompt = "hello ".repeat(CONTEXT);
+    let cases = [
+        ("{not json".to_owned(), "invalid_json"),
+        (json!({"model": MODEL}).to_string(), "invalid_request"),
+        (json!({"messages": []}).to_string(), "invalid_value"),
+        (json!({"messages": user, "n": 2}).to_string(), "invalid_value"),
+        (json!({"messages": user, "temperature": -1}).to_string(), "invalid_value"),
+        (json!({"messages": user, "temperature": "hot"}).to_string(), "invalid_request"),
+        (json!({"messages": user, "top_p": 0}).to_string(), "invalid_value"),
+        (json!({"messages": user, "top_p": 1.5}).to_string(), "invalid_value"),
+        (json!({"messages": user, "max_tokens": 0}).to_string(), "invalid_value"),
+        (json!({"messages": user, "max_tokens": 1_000_000_000}).to_string(), "invalid_value"),
+        (json!({"messages": user, "max_tokens": -5}).to_string(), "invalid_request"),
+        (json!({"messages": user, "stop": 5}).to_string(), "invalid_request"),
+        (json!({"messages": [{"role": "tool", "content": "x"}]}).to_string(), "invalid_value"),
+        (json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(), "unsupported"),
+        (json!({"messages": [{"role": "user", "content": long_prompt}]}).to_string(), "context_length_exceeded"),
+    ];
+    for (body, code) in &cases {
+        let (status, v) = served.post("/v1/chat/completions", body);
+        assert_error(status, &v, 400, code, body);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    let (status, v) = served.post("/v1/chat/completions", &json!({"model": "gpt-4o", "messages": user}).to_string());
+    assert_error(status, &v, 404, "model_not_found", "wrong model");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("gpt-4o")), "{v}");
+    // Still serving.
+    served.chat(&greedy_body(2));
+}
+
+#[test]
+fn unknown_path_is_404_and_wrong_method_405() {
+    let served = Served::start(&[]);
+    let (status, v) = served.get("/v1/nope");
+    assert_error(status, &v, 404, "unknown_url", "GET /v1/nope");
+    let (status, v) = served.post("/v1/completions", "{}");
+    assert_error(status, &v, 404, "unknown_url", "POST /v1/completions");
+    let response = served.agent.get(&served.url("/v1/chat/completions")).call().expect("GET");
+    assert_eq!(response.headers().get("allow").and_then(|h| h.to_str().ok()), Some("POST"));
+    let (status, v) = body_json(response);
+    assert_error(status, &v, 405, "method_not_allowed", "GET /v1/chat/completions");
+    let (status, v) = served.post("/v1/models", "{}");
+    assert_error(status, &v, 405, "method_not_allowed", "POST /v1/models");
+}
+
+#[test]
+fn concurrent_requests_get_the_greedy_answer() {
+    let served = Served::start(&["--workers", "3"]);
+    let expected = Reference::load(&served).generate(&messages(), 24, greedy()).text;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| served.chat(&greedy_body(24)))).collect();
+        for h in handles {
+            let v = h.join().expect("request thread");
+            assert_eq!(v["choices"][0]["message"]["content"], expected.as_str());
+        }
+    });
+}
+
+#[test]
+fn http_coach_gets_a_reply_from_the_server() {
+    let served = Served::start(&["--name", "coach-model", "--max-tokens", "16"]);
+    assert_eq!(served.name, "coach-model");
+    let config = |model: &str| HttpCoachConfig {
+        base_url: format!("http://127.0.0.1:{}/v1", served.port),
+        model: model.into(),
+        api_key_env: None,
+        timeout: Duration::from_secs(120),
+        max_retries: 0,
+        ..HttpCoachConfig::default()
+    };
+    let prompt = [ChatMessage::new("user", "Rate this step from 0 to 10.")];
+    let coach = HttpCoach::new(config("coach-model")).expect("http coach");
+    let reply = coach.complete(&prompt).expect("coach reply");
+    // The coach asks for temperature 0 and sets no max_tokens: greedy, with the server's --max-tokens budget.
+    let expected = Reference::load(&served).generate(&prompt, 16, greedy()).text;
+    assert!(!expected.is_empty());
+    assert_eq!(reply, expected);
+
+    let wrong = HttpCoach::new(config("gemini-2.5-flash")).expect("http coach");
+    let err = format!("{:#}", wrong.complete(&prompt).expect_err("an unknown model must fail"));
+    assert!(err.contains("404") && err.contains("model_not_found"), "{err}");
+}
+
+#[test]
+fn gguf_model_stops_at_its_end_of_turn_token() {
+    let served = Served::spawn(common::smollm2_gguf(), None, &[]);
+    assert_eq!(served.name, "SmolLM2-135M-Instruct.Q4_1", "the default name is the file stem");
+    let prompt = [ChatMessage::new("user", "What is 2+3? Answer briefly.")];
+    let expected = Reference::load(&served).generate(&prompt, 40, greedy());
+    assert_eq!(expected.finish, "stop", "SmolLM2 answers in fewer than 40 tokens: {:?}", expected.text);
+    let v = served.chat(&json!({"messages": prompt, "temperature": 0, "max_tokens": 40}));
+    let choice = &v["choices"][0];
+    assert_eq!((&choice["message"]["content"], &choice["finish_reason"]), (&json!(expected.text), &json!("stop")));
+    assert!(!expected.text.contains("<|im_end|>"), "{:?}", expected.text);
+    let (p, c) = (expected.prompt.len(), expected.tokens.len());
+    assert_eq!(v["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
+}

@@ -1,0 +1,144 @@
+//! `mappa train` end to end on the CPU with tiny agents (a random llama with SmolLM2's tokenizer): two steps
+//! on four problems with the rule coach, resumed from a checkpoint, and with the HTTP coach talking to a
+//! real `mappa serve` process.
+mod common;
+use common::served::Served;
+use mappa::run::{Open, Run};
+use mappa::run_config::RunConfig;
+use mappa::tensor::DType;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The tiny chat model with room for MathChat's prompts and the coach's.
+fn chat_model(seed: u64) -> mappa::loader::LoadedModel {
+    let mut m = common::tiny_chat_model(seed);
+    m.config.max_position_embeddings = 2048;
+    m
+}
+
+/// A MathChat run of `steps` steps over four GSM8K-style problems in `dir`, agents from a tiny model.
+fn config(dir: &Path, steps: u64) -> RunConfig {
+    let model = dir.join("base");
+    if !model.exists() {
+        mappa::hf::write_dir(&chat_model(21), &model, DType::F32).unwrap();
+        let problems = ["What is 6 times 7?", "What is 10 plus 5?", "What is 9 minus 4?", "What is 12 divided by 3?"];
+        let answers = ["42", "15", "5", "4"];
+        let lines: String = problems
+            .iter()
+            .zip(answers)
+            .enumerate()
+            .map(|(i, (p, a))| format!("{}\n", serde_json::json!({"id": format!("p{i}"), "problem": p, "answer": a})))
+            .collect();
+        std::fs::write(dir.join("train.jsonl"), lines).unwrap();
+    }
+    let mut cfg = RunConfig::preset("mathchat").unwrap();
+    cfg.run.steps = steps;
+    cfg.run.base_model = Some(model);
+    cfg.run.dir = Some(dir.join("run"));
+    cfg.coach.backend = mappa::run_config::CoachBackend::Rule;
+    cfg.data.train = dir.join("train.jsonl");
+    cfg.data.eval = vec![];
+    cfg.data.holdout_fraction = 0.0;
+    cfg.data.train_sample = None;
+    let rl = &mut cfg.rl;
+    (rl.prompts_per_step, rl.samples_per_prompt, rl.samples_per_optimizer_step) = (2, 2, 4);
+    (rl.max_new_tokens, rl.lr, rl.eval_every, rl.checkpoint_every) = (12, 1e-3, 0, 1);
+    rl.eval_before_training = false;
+    rl.mask_truncated = false; // a random model never ends a turn: keep its actions in the loss
+    cfg
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A metrics line without its timings, which differ between runs.
+fn comparable(mut v: Value) -> Value {
+    for k in ["time", "rollout_s", "coach_s", "train_s", "agent_train_s", "tokens_per_s"] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    v
+}
+
+fn weights(dir: &Path) -> Vec<f32> {
+    let m = mappa::loader::load(dir).unwrap();
+    let mut names: Vec<&String> = m.weights.tensors.keys().collect();
+    names.sort();
+    names.iter().flat_map(|n| m.weights.tensors[*n].to_f32()).collect()
+}
+
+#[test]
+fn two_steps_train_each_agent_and_resume_repeats_the_next_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 2);
+    let dir = Run::open(Open::New(Box::new(cfg.clone()))).unwrap().train().unwrap();
+    let m = metrics(&dir);
+    assert_eq!(m.len(), 6, "2 steps x 3 agents");
+    for line in &m {
+        assert!(line["actions"].as_u64().unwrap() >= 4, "{line}");
+        assert_eq!(line["unscored"], 0, "the rule coach scores everything: {line}");
+        assert!(line["reward_mean"].is_number() && line["optimizer_steps"].as_u64().unwrap() >= 1, "{line}");
+        assert!(line["grad_norm"].as_f64().unwrap() > 0.0, "the rewards reached the update: {line}");
+    }
+    // Every agent moved away from the base, and each has weights of its own.
+    let base = weights(&tmp.path().join("base"));
+    let ckpt = dir.join("checkpoints/step-000002");
+    let agents: Vec<Vec<f32>> =
+        ["solver", "code_executor", "verifier"].iter().map(|a| weights(&ckpt.join(a))).collect();
+    for (i, w) in agents.iter().enumerate() {
+        assert_eq!(w.len(), base.len());
+        assert_ne!(w, &base, "agent {i} did not change");
+    }
+    assert!(agents[0] != agents[1] && agents[1] != agents[2] && agents[0] != agents[2], "agents share weights");
+    assert!(dir.join("coach_log.jsonl").is_file() && dir.join("config.toml").is_file());
+
+    // Drop the last checkpoint (as if the run died after step 1) and resume: step 2 comes out the same.
+    std::fs::remove_dir_all(&ckpt).unwrap();
+    let again = Run::open(Open::Resume(&dir)).unwrap().train().unwrap();
+    let m2 = metrics(&again);
+    assert_eq!(m2.len(), 6);
+    for (a, b) in m.into_iter().zip(m2) {
+        assert_eq!(comparable(a), comparable(b));
+    }
+    assert_eq!(weights(&ckpt.join("verifier")), agents[2], "the resumed step reproduces the weights");
+
+    // The report reads the run.
+    let index: PathBuf = mappa::report::write_report(&dir).unwrap();
+    assert!(std::fs::read_to_string(index).unwrap().contains("code_executor"));
+}
+
+#[test]
+fn http_coach_through_mappa_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coach = tempfile::tempdir().unwrap();
+    mappa::hf::write_dir(&chat_model(5), &coach.path().join("coach"), DType::F32).unwrap();
+    let served = Served::spawn(coach.path().join("coach"), None, &["--max-tokens", "8"]);
+    let mut cfg = config(tmp.path(), 1);
+    cfg.coach.backend = mappa::run_config::CoachBackend::Http;
+    cfg.coach.endpoint = Some(format!("http://127.0.0.1:{}/v1", served.port));
+    cfg.coach.model = Some(served.name.clone());
+    cfg.coach.api_key_env = None;
+    let dir = Run::open(Open::New(Box::new(cfg))).unwrap().train().unwrap();
+    // The random coach model never writes a score line: every action gets its retry, then is left out of
+    // training and counted, never given a default score.
+    let log: Vec<Value> = std::fs::read_to_string(dir.join("coach_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let m = metrics(&dir);
+    let actions: u64 = m.iter().map(|l| l["actions"].as_u64().unwrap()).sum();
+    assert_eq!(log.len() as u64, 2 * actions, "one exchange and one retry per action");
+    for r in &log {
+        assert_eq!(r["status"], "parse_error", "{}", r["error"]);
+        assert!(r["reply"].is_string());
+    }
+    for line in &m {
+        assert_eq!(line["unscored"], line["actions"], "{line}");
+        assert_eq!(line["optimizer_steps"], 0, "{line}");
+    }
+}
