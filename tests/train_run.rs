@@ -142,3 +142,11 @@ fn http_coach_through_mappa_serve() {
         assert_eq!(line["optimizer_steps"], 0, "{line}");
     }
 }
+
+#[test]
+fn quickstart_config_resolves_to_installed_files() {
+    let cfg = Run::quickstart().unwrap();
+    cfg.check_paths().unwrap();
+    assert_eq!(cfg.agents.len(), 3);
+    assert!(cfg.run.dir.as_ref().unwrap().starts_with("runs"));
+}
