@@ -9,18 +9,9 @@
 //! shared weights (a tied LM head, the q/k norm applied to every head) add up without a scratch buffer.
 //! Nothing here depends on the thread count: every sum runs in a fixed order, so results are bitwise
 //! reproducible.
-use super::linear::{matmul, View};
+use super::linear::{matmul, parallelism, View};
 use super::ops::{causal_probs, inv_rms, scatter_rows};
 use rayon::prelude::*;
-
-/// The gemm crate's parallelism for a product of `work` multiply-adds (the threshold `linear` uses).
-fn parallelism(work: usize) -> gemm::Parallelism {
-    if work < 1 << 16 {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    }
-}
 
 /// Backward of y = x W^T (`linear`): x is `[t, inp]`, W `[out, inp]`, dy `[t, out]`.
 /// Writes dx = dy W (`[t, inp]`) and accumulates dW += dy^T x (`[out, inp]`).

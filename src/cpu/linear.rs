@@ -77,6 +77,16 @@ pub fn matmul(dst: &mut [f32], a: View, b: View, scale: f32, accumulate: bool, p
     }
 }
 
+/// The gemm crate's parallelism for a product of `work` multiply-adds: below 2^16 the hand-off to the
+/// thread pool costs more than it saves.
+pub fn parallelism(work: usize) -> gemm::Parallelism {
+    if work < 1 << 16 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
 /// y = x W^T, or y += x W^T when `accumulate` (used to add a projection straight into the residual stream).
 /// x is `[t, inp]`, W is `[out, inp]`, y is `[t, out]`.
 pub fn linear(y: &mut [f32], x: &[f32], w: &[f32], t: usize, inp: usize, out: usize, accumulate: bool) {
@@ -88,8 +98,7 @@ pub fn linear(y: &mut [f32], x: &[f32], w: &[f32], t: usize, inp: usize, out: us
         let rows = out.div_ceil(threads).next_multiple_of(16);
         y.par_chunks_mut(rows).zip(w.par_chunks(rows * inp)).for_each(|(ys, ws)| gemv(ys, x, ws, accumulate));
     } else {
-        let par = if t * inp * out < 1 << 16 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
-        matmul(y, View::rows(x, t, inp), View::rows(w, out, inp).t(), 1.0, accumulate, par);
+        matmul(y, View::rows(x, t, inp), View::rows(w, out, inp).t(), 1.0, accumulate, parallelism(t * inp * out));
     }
 }
 

@@ -14,7 +14,7 @@
 //! only on `chunk`, not on the thread count (gemm splits the output, not the inner dimension), so results are
 //! bit-identical for any thread count (tests/cpu_logprob.rs checks it); different `chunk` sizes agree only up to
 //! f32 rounding.
-use super::linear::{matmul, View};
+use super::linear::{matmul, parallelism, View};
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 
@@ -66,14 +66,6 @@ fn check(
 /// The vocabulary chunks as (first row, row count).
 fn chunks(v: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..v).step_by(chunk).map(move |v0| (v0, chunk.min(v - v0)))
-}
-
-fn parallelism(work: usize) -> gemm::Parallelism {
-    if work < 1 << 16 {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    }
 }
 
 /// scratch = h W[v0..v0 + rows]^T / temperature: the `[T, rows]` logits of one vocabulary chunk.
