@@ -15,7 +15,6 @@ use crate::run_config::RunConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 /// One agent's behaviour over an evaluation.
@@ -148,12 +147,6 @@ impl EvalSummary {
 
     /// Appends the line to `path` (e.g. `<run dir>/eval.jsonl`), creating the file if needed.
     pub fn append_to(&self, path: &Path) -> Result<()> {
-        let line = self.to_json_line()?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
+        crate::jsonl::append(path, self)
     }
 }

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod grade;
 pub mod hf;
+pub mod jsonl;
 pub mod kernels;
 pub mod loader;
 pub mod optim;

@@ -3,9 +3,8 @@ use crate::generate::FinishReason;
 use crate::rollout::Episode;
 use crate::run_config::{RunConfig, Tool};
 use crate::trainer::TrainStats;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Clone, Debug, Serialize)]
@@ -113,11 +112,6 @@ impl StepMetrics {
     }
 
     pub fn append_to(&self, path: &Path) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "{}", serde_json::to_string(self)?).with_context(|| format!("writing {}", path.display()))
+        crate::jsonl::append(path, self)
     }
 }

@@ -217,11 +217,3 @@ fn samples_of(episodes: &[Episode], scores: &[Vec<Option<f32>>], agent: usize) -
     }
     out
 }
-
-/// Checks that `dir` can start a new run: absent, or empty.
-fn check_fresh(dir: &Path) -> Result<()> {
-    let busy =
-        dir.is_dir() && std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_some();
-    ensure!(!busy, "{} already holds a run: resume it with --resume {0}, or set run.dir elsewhere", dir.display());
-    Ok(())
-}

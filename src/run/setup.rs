@@ -1,7 +1,7 @@
 //! Opening a run: a new one (fresh run directory, resolved config written, every agent from its base
 //! model) or a resumed one (config and newest checkpoint read back, later metrics lines dropped so the
 //! continuation rewrites them), plus the data, the frozen reference and the coach.
-use super::{check_fresh, checkpoint, Run};
+use super::{checkpoint, Run};
 use crate::coach::MATHCHAT_TEMPLATE;
 use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
 use crate::cpu::CpuModel;
@@ -184,4 +184,12 @@ fn drop_lines_after(path: &Path, step: u64) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(path, keep).with_context(|| format!("rewriting {}", path.display()))
+}
+
+/// Checks that `dir` can start a new run: absent, or empty.
+fn check_fresh(dir: &Path) -> Result<()> {
+    let busy =
+        dir.is_dir() && std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_some();
+    ensure!(!busy, "{} already holds a run: resume it with --resume {0}, or set run.dir elsewhere", dir.display());
+    Ok(())
 }

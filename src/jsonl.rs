@@ -1,0 +1,16 @@
+//! JSON Lines files of a run (`metrics.jsonl`, `eval.jsonl`): one record appended per line.
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+/// Appends `record` as one line to `path`, creating the file if needed.
+pub fn append(path: &Path, record: &impl Serialize) -> Result<()> {
+    let line = serde_json::to_string(record).context("serialising a JSON line")?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
+}
