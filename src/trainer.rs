@@ -162,14 +162,11 @@ impl Trainer {
             let mut order: Vec<usize> = (0..samples.len()).collect();
             order.shuffle(&mut rng);
             for mini in order.chunks(self.cfg.samples_per_optimizer_step) {
-                let (valid_tokens, valid_actions) = all.valid(mini);
-                if valid_tokens == 0 {
+                let valid = all.valid(mini);
+                if valid.0 == 0 {
                     continue; // every action here is masked out: nothing to learn, no step
                 }
-                let denom = match self.cfg.loss.aggregation {
-                    Aggregation::TokenMean => valid_tokens,
-                    Aggregation::SeqMeanTokenMean | Aggregation::SeqSum => valid_actions,
-                } as f32;
+                let denom = averaged_over(self.cfg.loss.aggregation, valid);
                 grads.fill(0.0);
                 for micro in micro_batches(samples, mini, self.cfg.micro_batch_tokens) {
                     let p = Packing::new(samples, &spans, &micro);
@@ -181,11 +178,7 @@ impl Trainer {
                         continue;
                     }
                     // pg_loss averages over this micro-batch; rescale to the mini-batch's denominator.
-                    let own = match self.cfg.loss.aggregation {
-                        Aggregation::TokenMean => loss.tokens,
-                        Aggregation::SeqMeanTokenMean | Aggregation::SeqSum => all.valid(&micro).1,
-                    } as f32;
-                    let w = own / denom;
+                    let w = averaged_over(self.cfg.loss.aggregation, all.valid(&micro)) / denom;
                     let dlogp: Vec<f32> = loss.dlogp.iter().map(|g| g * w).collect();
                     self.model.backward(tape, &scores, &dlogp, &mut grads)?;
                     loss_sum += (loss.loss * w) as f64;
@@ -193,7 +186,7 @@ impl Trainer {
                     kl_sum += loss.approx_kl as f64 * loss.tokens as f64;
                     forwarded += p.tokens.len();
                 }
-                stats.tokens += valid_tokens;
+                stats.tokens += valid.0;
                 norm_sum += self.optimizer_step(&mut grads, &mut stats)? as f64;
             }
         }
@@ -259,6 +252,14 @@ impl Batch<'_> {
         let cat = |v: &[f32]| spans.iter().flat_map(|r| v[r.clone()].iter().copied()).collect::<Vec<_>>();
         let mask = spans.iter().flat_map(|r| self.mask[r.clone()].iter().copied()).collect();
         (cat(self.logp_old), cat(self.logp_ref), cat(self.adv), mask)
+    }
+}
+
+/// What a loss under `agg` is averaged over, given (valid tokens, actions with a valid token).
+fn averaged_over(agg: Aggregation, (tokens, actions): (usize, usize)) -> f32 {
+    match agg {
+        Aggregation::TokenMean => tokens as f32,
+        Aggregation::SeqMeanTokenMean | Aggregation::SeqSum => actions as f32,
     }
 }
 
