@@ -2,7 +2,7 @@
 //! time until a stop token or the token budget. Every generated token keeps its log-probability, and the
 //! stop token, when one ends the text, is part of the output ids (training needs it as the last action token).
 use crate::cpu::{CpuModel, Logits};
-use crate::sample::{Sampler, SamplingParams};
+use crate::sample::{sample, SamplingParams};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -34,7 +34,6 @@ pub fn generate(
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
     params.validate()?;
-    let mut sampler = Sampler::new(params);
     let mut cache = model.new_cache();
     let mut out = Generation {
         tokens: Vec::new(),
@@ -51,7 +50,7 @@ pub fn generate(
     out.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     loop {
-        let (id, lp) = sampler.sample(&logits);
+        let (id, lp) = sample(&logits, &params, out.tokens.len() as u64);
         out.tokens.push(id);
         out.logprobs.push(lp);
         on_token(id)?;

@@ -1,9 +1,8 @@
 //! Choosing the next token from logits: greedy at temperature 0, otherwise temperature, then top-k, then
-//! top-p (nucleus), as transformers orders them. A seeded ChaCha RNG per sequence makes runs reproducible.
+//! top-p (nucleus), as transformers orders them. Draws are a function of (seed, token index), so runs are
+//! reproducible and independent of batching.
 //! Every choice also returns its log-probability under softmax(logits / T) before truncation (T = 1 when
 //! greedy): the rollout policy's log-prob that training needs.
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -34,55 +33,58 @@ impl SamplingParams {
     }
 }
 
-pub struct Sampler {
-    params: SamplingParams,
-    rng: ChaCha8Rng,
+/// The chosen token and its log-probability, for the `index`-th token a sequence generates.
+///
+/// The random draw is a pure function of (seed, index) ([`uniform`]), not a stateful stream: a sequence's
+/// tokens do not depend on what else shares its batch, on a preemption that recomputes it, or on which
+/// backend runs it (the CUDA sampler draws the same numbers).
+pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> (u32, f32) {
+    let t = if params.temperature > 0.0 { params.temperature } else { 1.0 };
+    let scaled: Vec<f32> = logits.iter().map(|&l| l / t).collect();
+    let lse = crate::cpu::ops::logsumexp(&scaled);
+    let pick = if params.temperature == 0.0 { argmax(&scaled) } else { draw(&scaled, lse, params, index) };
+    (pick as u32, scaled[pick] - lse)
 }
 
-impl Sampler {
-    pub fn new(params: SamplingParams) -> Sampler {
-        Sampler { params, rng: ChaCha8Rng::seed_from_u64(params.seed) }
+/// A uniform number in [0, 1) from (seed, index): splitmix64's finaliser over the seed and the index
+/// spread by the golden ratio, 53 bits of it.
+pub fn uniform(seed: u64, index: u64) -> f64 {
+    let mut z = seed ^ index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..2 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
     }
+    (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
 
-    /// The chosen token and its log-probability.
-    pub fn sample(&mut self, logits: &[f32]) -> (u32, f32) {
-        let p = self.params;
-        let t = if p.temperature > 0.0 { p.temperature } else { 1.0 };
-        let scaled: Vec<f32> = logits.iter().map(|&l| l / t).collect();
-        let lse = crate::cpu::ops::logsumexp(&scaled);
-        let pick = if p.temperature == 0.0 { argmax(&scaled) } else { self.draw(&scaled, lse) };
-        (pick as u32, scaled[pick] - lse)
+fn draw(scaled: &[f32], lse: f32, p: &SamplingParams, index: u64) -> usize {
+    let mut cand: Vec<(usize, f32)> = scaled.iter().map(|&l| (l - lse).exp()).enumerate().collect();
+    let by_prob = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if p.top_k > 0 && p.top_k < cand.len() {
+        cand.select_nth_unstable_by(p.top_k - 1, by_prob);
+        cand.truncate(p.top_k);
     }
-
-    fn draw(&mut self, scaled: &[f32], lse: f32) -> usize {
-        let p = self.params;
-        let mut cand: Vec<(usize, f32)> = scaled.iter().map(|&l| (l - lse).exp()).enumerate().collect();
-        let by_prob = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, by_prob);
-            cand.truncate(p.top_k);
-        }
-        if p.top_p < 1.0 {
-            cand.sort_unstable_by(by_prob);
-            // Keep the smallest prefix whose mass reaches top_p (always at least one token).
-            let total: f32 = cand.iter().map(|c| c.1).sum();
-            let mut acc = 0.0;
-            let keep = cand.iter().position(|c| {
-                acc += c.1;
-                acc >= p.top_p * total
-            });
-            cand.truncate(keep.map_or(cand.len(), |i| i + 1));
-        }
-        let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
-        let mut u = self.rng.random::<f64>() * total;
-        for &(id, prob) in &cand {
-            u -= prob as f64;
-            if u < 0.0 {
-                return id;
-            }
-        }
-        cand.last().map_or(0, |c| c.0) // rounding left u at ~0: the last candidate
+    if p.top_p < 1.0 {
+        cand.sort_unstable_by(by_prob);
+        // Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        let total: f32 = cand.iter().map(|c| c.1).sum();
+        let mut acc = 0.0;
+        let keep = cand.iter().position(|c| {
+            acc += c.1;
+            acc >= p.top_p * total
+        });
+        cand.truncate(keep.map_or(cand.len(), |i| i + 1));
     }
+    let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
+    let mut u = uniform(p.seed, index) * total;
+    for &(id, prob) in &cand {
+        u -= prob as f64;
+        if u < 0.0 {
+            return id;
+        }
+    }
+    cand.last().map_or(0, |c| c.0) // rounding left u at ~0: the last candidate
 }
 
 /// Index of the largest value; the lowest index wins ties, as torch.argmax.

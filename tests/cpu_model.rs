@@ -3,7 +3,7 @@
 mod common;
 use mappa::config::Arch;
 use mappa::cpu::{CpuModel, Logits};
-use mappa::sample::{argmax, Sampler, SamplingParams};
+use mappa::sample::{argmax, sample, SamplingParams};
 
 const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
 
@@ -68,7 +68,7 @@ fn bad_input_is_an_error() {
 fn sampler_greedy_top_k_and_seeds() {
     let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32 / 10.0).collect();
     let best = argmax(&logits);
-    let (id, lp) = Sampler::new(SamplingParams::default()).sample(&logits);
+    let (id, lp) = sample(&logits, &SamplingParams::default(), 0);
     assert_eq!(id as usize, best);
     assert!((lp - (logits[best] - mappa::cpu::ops::logsumexp(&logits))).abs() < 1e-6);
 
@@ -77,24 +77,28 @@ fn sampler_greedy_top_k_and_seeds() {
     top3.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     let top3 = &top3[..3];
     let params = SamplingParams { temperature: 1.5, top_k: 3, top_p: 1.0, seed: 11 };
-    let mut s = Sampler::new(params);
-    let draws: Vec<u32> = (0..300).map(|_| s.sample(&logits).0).collect();
+    let draws: Vec<u32> = (0..300).map(|i| sample(&logits, &params, i).0).collect();
     assert!(draws.iter().all(|&d| top3.contains(&(d as usize))));
     assert!(top3.iter().all(|t| draws.contains(&(*t as u32))), "all three should appear in 300 draws");
 
     // The same seed reproduces the same sequence; another seed does not.
-    let again: Vec<u32> = {
-        let mut s = Sampler::new(params);
-        (0..300).map(|_| s.sample(&logits).0).collect()
-    };
+    let again: Vec<u32> = (0..300).map(|i| sample(&logits, &params, i).0).collect();
     assert_eq!(draws, again);
-    let other: Vec<u32> = {
-        let mut s = Sampler::new(SamplingParams { seed: 12, ..params });
-        (0..300).map(|_| s.sample(&logits).0).collect()
-    };
+    let other_seed = SamplingParams { seed: 12, ..params };
+    let other: Vec<u32> = (0..300).map(|i| sample(&logits, &other_seed, i).0).collect();
     assert_ne!(draws, other);
 
     // A tiny top-p keeps only the most likely token.
-    let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1e-6, seed: 5 });
-    assert!((0..50).all(|_| s.sample(&logits).0 as usize == best));
+    let tiny_p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1e-6, seed: 5 };
+    assert!((0..50).all(|i| sample(&logits, &tiny_p, i).0 as usize == best));
+
+    // The draws are uniform: their mean over many (seed, index) pairs is 1/2, each decile holds ~1/10.
+    let u: Vec<f64> = (0..20_000u64).map(|i| mappa::sample::uniform(i / 100, i % 100)).collect();
+    assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+    let mean = u.iter().sum::<f64>() / u.len() as f64;
+    assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
+    for d in 0..10 {
+        let n = u.iter().filter(|&&x| (x * 10.0) as usize == d).count();
+        assert!((1800..2200).contains(&n), "decile {d}: {n}");
+    }
 }

@@ -2,12 +2,15 @@
 //! every CUDA kernel is tested against. `ops` holds the elementwise and attention pieces, `linear` the GEMMs,
 //! `model` the decoder that strings them together.
 pub mod arena;
+pub mod backend;
 pub mod grad;
 pub mod linear;
 pub mod logprob;
 pub mod model;
 pub mod ops;
+pub mod paged;
 pub mod train;
 
+pub use backend::CpuBackend;
 pub use model::{split_params, CpuModel, KvCache, Logits, Param};
 pub use train::{Scores, Tape};

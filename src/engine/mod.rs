@@ -1,0 +1,1 @@
+//! STUB (to be written): the batched generation engine above the model interface.

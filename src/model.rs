@@ -1,0 +1,188 @@
+//! The seam between the program and a compute backend: the one interface every caller above it (the
+//! engine, rollouts, the trainer, serve, eval, the coach) uses to reach a model, and the choice of backend.
+//!
+//! Two whole model implementations sit below it, as in llm.c: the f32 CPU reference (`cpu::CpuBackend`) and
+//! the bf16 CUDA backend, each free to fuse differently. A [`Model`] is one policy's weights plus, once it
+//! trains, its gradient and optimizer state, all on the backend's own memory:
+//!
+//! - **generation**: [`Model::step`] runs one batched step over sequences whose keys and values live in a
+//!   paged pool ([`KvPool`], blocks of `block_size` tokens, one block table per sequence) and samples the
+//!   next token of each sequence that asks for one. The block manager and scheduler that decide what goes
+//!   into a step are plain Rust above the seam (`engine`).
+//! - **scoring**: [`Model::sequence_logprobs`] gives log π(next token) at chosen positions of packed
+//!   sequences, forward only (reference and old-policy log-probs, and scoring text).
+//! - **training**: [`Model::forward_backward`] scores packed sequences, hands the log-probs to the caller's
+//!   loss, and adds the gradient of Σ dlogp·logp to the model's gradient buffer; [`Model::optimizer_step`]
+//!   clips the global norm and takes an AdamW step on the model's own weights, which the next rollout uses.
+//! - **save / load**: [`load`] builds a model from a loaded checkpoint; [`Model::weights`] copies the
+//!   weights out by Hugging Face name for writing one.
+use crate::config::ModelConfig;
+use crate::loader::LoadedModel;
+use crate::optim::AdamWConfig;
+use crate::sample::SamplingParams;
+use crate::tensor::Weights;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::path::Path;
+
+/// Which backend to run on, as a user asks for it (`run.backend`, `--device`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA when it can run here, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// A backend that runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Cpu,
+    Cuda,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        })
+    }
+}
+
+/// Why the CUDA backend cannot run in this process, or None when it can.
+pub fn cuda_unavailable() -> Option<String> {
+    if !crate::kernels::BUILT {
+        return Some("this build has no CUDA kernels (nvcc was not found when it was compiled)".into());
+    }
+    if crate::cuda::device().is_none() {
+        return Some("no CUDA device is visible (no driver, or no GPU)".into());
+    }
+    // The kernels and the device are there; the bf16 model behind this interface is the CUDA inference
+    // issue's work and does not exist yet.
+    Some("the CUDA model backend is not implemented yet; only its kernels are".into())
+}
+
+/// The backend `choice` resolves to here: `auto` takes CUDA when it can run, else the CPU; an explicit
+/// `cuda` that cannot run is an error that says why.
+pub fn resolve(choice: BackendChoice) -> Result<Backend> {
+    match (choice, cuda_unavailable()) {
+        (BackendChoice::Cpu, _) | (BackendChoice::Auto, Some(_)) => Ok(Backend::Cpu),
+        (BackendChoice::Auto | BackendChoice::Cuda, None) => Ok(Backend::Cuda),
+        (BackendChoice::Cuda, Some(why)) => bail!("the CUDA backend was asked for, but {why}; use the cpu backend"),
+    }
+}
+
+/// `resolve`, saying on stderr which backend was chosen and, for `auto` on the CPU, why not CUDA.
+pub fn resolve_and_report(choice: BackendChoice, what: &str) -> Result<Backend> {
+    let b = resolve(choice)?;
+    match (choice, b, cuda_unavailable()) {
+        (BackendChoice::Auto, Backend::Cpu, Some(why)) => eprintln!("{what}: backend cpu (auto: {why})"),
+        _ => eprintln!("{what}: backend {b}"),
+    }
+    Ok(b)
+}
+
+/// The model of `m` on `backend`.
+pub fn load(m: &LoadedModel, backend: Backend) -> Result<Box<dyn Model>> {
+    match backend {
+        Backend::Cpu => Ok(Box::new(crate::cpu::CpuBackend::new(m)?)),
+        Backend::Cuda => bail!("the CUDA backend cannot run: {}", cuda_unavailable().unwrap_or_default()),
+    }
+}
+
+/// A backend's key/value storage: `num_blocks` blocks of `block_size` positions, every layer's keys and
+/// values. Which block holds what is the engine's business; the backend only reads and writes the slots
+/// that block tables name.
+pub trait KvPool: Send {
+    fn num_blocks(&self) -> usize;
+    fn block_size(&self) -> usize;
+    /// For the backend that made it, to reach its own storage.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// How a sequence's next token is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleSpec {
+    pub params: SamplingParams,
+    /// How many tokens the sequence has generated so far: with the seed it picks the random draw, so a
+    /// sequence's tokens never depend on what else is in the batch or on a preemption.
+    pub index: u64,
+}
+
+/// One sequence's share of a [`Model::step`].
+#[derive(Clone, Debug)]
+pub struct StepSeq<'a> {
+    /// The tokens to run: a chunk of the prompt, or the one token sampled last.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`: how many of the sequence's tokens are already in the pool.
+    pub pos: usize,
+    /// The blocks holding positions `0 .. pos + tokens.len()`, in order.
+    pub block_table: &'a [u32],
+    /// Sample the token after the last of `tokens`; None for a prompt chunk that does not end the prompt.
+    pub sample: Option<SampleSpec>,
+}
+
+/// One batched step: block copies first (copy-on-write of shared blocks, `(from, to)`), then every
+/// sequence's tokens, whose keys and values are written into their block tables' slots.
+#[derive(Clone, Debug, Default)]
+pub struct StepBatch<'a> {
+    pub copies: Vec<(u32, u32)>,
+    pub seqs: Vec<StepSeq<'a>>,
+}
+
+/// A sampled token and its log-probability under softmax(logits / T) before any top-k/top-p cut (T = 1
+/// when greedy): the rollout policy's log-prob that training needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampled {
+    pub id: u32,
+    pub logprob: f32,
+}
+
+/// Packed sequences for scoring or training: `seq_lens` sum to `tokens.len()`, each sequence has positions
+/// from 0 and attends only within itself; `positions` are the packed positions whose next token is scored.
+#[derive(Clone, Copy, Debug)]
+pub struct Packed<'a> {
+    pub tokens: &'a [u32],
+    pub seq_lens: &'a [usize],
+    pub positions: &'a [usize],
+}
+
+/// The loss of a training pass: given the scored log-probs, returns d loss / d logp (same length).
+pub type LossFn<'a> = dyn FnMut(&[f32]) -> Result<Vec<f32>> + 'a;
+
+/// One policy's weights on a backend (module docs).
+pub trait Model: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+    fn backend(&self) -> Backend;
+
+    /// Bytes one KV block of `block_size` positions takes (keys and values of every layer).
+    fn kv_block_bytes(&self, block_size: usize) -> usize;
+    fn new_kv_pool(&self, num_blocks: usize, block_size: usize) -> Result<Box<dyn KvPool>>;
+    /// Runs one batched step (see [`StepBatch`]); one entry per sequence, `Some` where it asked to sample.
+    fn step(&self, kv: &mut dyn KvPool, batch: &StepBatch) -> Result<Vec<Option<Sampled>>>;
+
+    /// log π(next token) at `p.positions` under softmax(logits / temperature), forward only.
+    fn sequence_logprobs(&self, p: Packed, temperature: f32) -> Result<Vec<f32>>;
+    /// Scores `p` like `sequence_logprobs`, calls `loss` with the log-probs, and adds the gradient of
+    /// Σ dlogp·logp (dlogp as `loss` returned it) to the gradient buffer. `recompute` keeps only layer
+    /// inputs in the forward and recomputes the rest in the backward.
+    fn forward_backward(&mut self, p: Packed, temperature: f32, recompute: bool, loss: &mut LossFn) -> Result<()>;
+    /// Sets the gradient buffer to zero (allocating it on first use).
+    fn zero_grad(&mut self);
+    /// Starts fresh AdamW state, or restores state saved by `save_optimizer`.
+    fn init_optimizer(&mut self, config: AdamWConfig, saved: Option<&Path>) -> Result<()>;
+    fn save_optimizer(&self, path: &Path) -> Result<()>;
+    /// Optimizer steps taken (0 before `init_optimizer`).
+    fn optimizer_steps(&self) -> u64;
+    /// Clips the gradient's global norm to `max_grad_norm`, then one AdamW step at `lr`; returns the norm
+    /// before clipping. A non-finite norm is an error and no step is taken.
+    fn optimizer_step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32>;
+
+    /// A host copy of the weights in f32, by Hugging Face name: what a checkpoint writes.
+    fn weights(&self) -> Weights;
+}
