@@ -2,8 +2,8 @@
 //! 128 new tokens, reported as tokens/s. Compare with the peers (llama.cpp F32, PyTorch F32) run in the same
 //! sitting: `../shared/tools/cpu-peers.sh` (see BENCHMARKS.md). Needs tools/setup.sh to have run.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mappa::cpu::{CpuModel, Logits};
-use mappa::generate::generate;
+use mappa::cpu::{CpuBackend, Logits};
+use mappa::engine::generate;
 use mappa::sample::SamplingParams;
 use mappa::tokenizer::Tokenizer;
 use std::time::Duration;
@@ -20,7 +20,8 @@ fn bench(c: &mut Criterion) {
     let path = mappa::loader::setup_home().expect("HOME or MAPPA_HOME").join(mappa::loader::SMOLLM2_GGUF);
     let loaded = mappa::loader::load(&path).expect("SmolLM2 missing: run tools/setup.sh");
     let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
-    let model = CpuModel::new(&loaded).expect("model");
+    let backend = CpuBackend::new(&loaded).expect("model");
+    let model = &backend.model;
     drop(loaded);
 
     let mut g = c.benchmark_group("smollm2_f32");
@@ -45,9 +46,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-    // Keep generate() itself honest too: same work through the public loop, one sample.
+    // Keep generate() itself honest too: same work through the engine, one sequence.
     let params = SamplingParams::default();
-    let gen = generate(&model, &ids, 128, params, &[], |_| Ok(())).expect("generate");
+    let gen = generate(&backend, &ids, 128, params, &[], |_| Ok(())).expect("generate");
     eprintln!("generate(): {} tokens, decode {:.1} tok/s", gen.tokens.len(), gen.tokens.len() as f64 / gen.decode_s);
 }
 

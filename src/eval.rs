@@ -8,7 +8,7 @@
 //! actions: the tool-call rate (share of actions with code; null for agents without tools), the mean
 //! response length in tokens, the truncation rate, and the mean coach score when scores are given — the
 //! behaviour MAPPA's training plots follow (paper notes §6.1).
-use crate::generate::FinishReason;
+use crate::engine::FinishReason;
 use crate::grade::{avg_at_k, pass_at_k};
 use crate::rollout::Episode;
 use crate::run_config::RunConfig;

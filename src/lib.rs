@@ -1,8 +1,10 @@
 //! mappa: trains teams of LLM agents with per-action process rewards from an AI coach (MAPPA).
 //!
 //! Layers, bottom up: `tensor`/`config` (what a checkpoint holds), `gguf`/`hf` (file formats) and `loader`
-//! (one entry point), `tokenizer` (encode, decode, chat template), `cpu` (the f32 reference backend),
-//! `sample` and `generate` (decoding), `kernels`/`cuda` (the GPU side).
+//! (one entry point), `tokenizer` (encode, decode, chat template); below the seam, the backends: `cpu` (the
+//! f32 reference) and `kernels`/`cuda` (the GPU side); `model`, the seam itself, the one interface through
+//! which everything above reaches a model; above it, `sample` and `engine` (paged KV blocks, continuous
+//! batching), then rollouts, the trainer, the run loop, serve and eval.
 pub mod coach;
 pub mod config;
 pub mod cpu;
@@ -10,7 +12,6 @@ pub mod cuda;
 pub mod data;
 pub mod engine;
 pub mod eval;
-pub mod generate;
 pub mod gguf;
 pub mod grade;
 pub mod hf;

@@ -2,8 +2,8 @@
 //! with token ids and log-probs out), `convert` (any supported model to a Hugging Face directory), `info`.
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use mappa::cpu::CpuModel;
-use mappa::generate::generate;
+use mappa::engine::{generate, generate_batch, EngineConfig, Request};
+use mappa::model::BackendChoice;
 use mappa::run::{Open, Run};
 use mappa::run_config::RunConfig;
 use mappa::sample::SamplingParams;
@@ -86,14 +86,9 @@ struct GenerateArgs {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
-    device: Device,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Device {
-    Cpu,
-    Cuda,
+    /// auto: CUDA when it can run here, else the CPU.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    device: BackendChoice,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -148,6 +143,10 @@ fn run(cli: Cli) -> Result<()> {
                     None => "none".into(),
                 }
             );
+            match mappa::model::cuda_unavailable() {
+                None => println!("backend (auto): cuda"),
+                Some(why) => println!("backend (auto): cpu, since {why}"),
+            }
             println!("cpu threads: {}", rayon::current_num_threads());
             Ok(())
         }
@@ -175,14 +174,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
-    if let Device::Cuda = a.device {
-        bail!("--device cuda: the CUDA backend is not built yet; use --device cpu");
-    }
+    let backend = mappa::model::resolve_and_report(a.device, "mappa generate")?;
     let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     params.validate()?;
     let loaded = mappa::loader::load(&a.model)?;
     let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
-    let model = CpuModel::new(&loaded).with_context(|| format!("building the CPU model from {}", a.model.display()))?;
+    let model = mappa::model::load(&loaded, backend)
+        .with_context(|| format!("building the {backend} model from {}", a.model.display()))?;
     drop(loaded);
     let encode = |prompt: Option<&str>, messages: Option<Vec<ChatMessage>>| -> Result<Vec<u32>> {
         if let Some(messages) = messages {
@@ -201,7 +199,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         let ids = encode(Some(prompt), None)?;
         let mut stream = StreamDecoder::new();
         let mut stdout = std::io::stdout().lock();
-        let g = generate(&model, &ids, a.max_new_tokens, params, tok.stop_ids(), |id| {
+        let g = generate(model.as_ref(), &ids, a.max_new_tokens, params, tok.stop_ids(), |id| {
             stdout.write_all(stream.push(&tok, id)?.as_bytes())?;
             Ok(stdout.flush()?)
         })?;
@@ -219,13 +217,21 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         return Ok(());
     }
 
+    // The whole file is one continuous batch; results are written in file order.
     let path = a.prompts.as_deref().expect("clap requires --prompt or --prompts");
     let lines = read_prompt_lines(path)?;
-    let mut stdout = std::io::stdout().lock();
-    for (n, line) in lines.into_iter().enumerate() {
-        let ids = encode(line.prompt.as_deref(), line.messages)
+    let mut reqs = Vec::with_capacity(lines.len());
+    for (n, line) in lines.iter().enumerate() {
+        let prompt = encode(line.prompt.as_deref(), line.messages.clone())
             .with_context(|| format!("{} line {}", path.display(), n + 1))?;
-        let g = generate(&model, &ids, a.max_new_tokens, params, tok.stop_ids(), |_| Ok(()))?;
+        let stop_ids = tok.stop_ids().to_vec();
+        reqs.push(Request { prompt, max_new_tokens: a.max_new_tokens, stop_ids, samples: vec![params] });
+    }
+    let prompts: Vec<Vec<u32>> = reqs.iter().map(|r| r.prompt.clone()).collect();
+    let generated = generate_batch(model.as_ref(), reqs, &EngineConfig::default())?;
+    let mut stdout = std::io::stdout().lock();
+    for ((line, ids), mut g) in lines.into_iter().zip(prompts).zip(generated) {
+        let g = g.remove(0);
         let out = serde_json::json!({
             "id": line.id,
             "prompt_token_ids": ids,

@@ -6,21 +6,21 @@
 //! `temperature`, `top_p`, `top_k`, `seed`, `max_tokens`/`max_completion_tokens`, `stop`, `n` = 1, `logprobs`,
 //! `stream`, `stream_options.include_usage`). Errors are OpenAI's JSON (`{"error": {"message", "type", "code"}}`).
 //!
-//! - tiny_http parses the requests; a few worker threads take them from its queue and share the model
-//!   read-only (each generation has its own KV cache), so requests run side by side.
-//! - Decoding is [`generate`], the same as in rollouts: greedy at temperature 0, and the stop token ends the
-//!   text without being part of the content. A stop string ends generation at once (the token callback aborts
-//!   it), except when log-probs are asked for: only a finished [`generate`] returns them.
+//! - tiny_http parses the requests; a few worker threads take them from its queue and submit them to one
+//!   engine thread ([`EngineService`]), so concurrent requests decode together in one continuous batch.
+//! - Decoding is the engine's, the same as in rollouts: greedy at temperature 0, and the stop token ends the
+//!   text without being part of the content. A stop string ends generation at once: the worker drops its
+//!   channel and the engine aborts the sequence.
 //! - The token budget is `max_tokens` (else `--max-tokens`), capped by the room the prompt leaves in the
 //!   model's context; a prompt that leaves no room is a 400.
 //! - A stream is written to the connection by hand, one flushed HTTP chunk per event: tiny_http's own chunked
 //!   responses buffer 8 KiB before sending anything, which would hold the tokens back. Text that may still
 //!   change (the start of a stop string, an incomplete UTF-8 character) is held back until it is settled.
-use crate::cpu::CpuModel;
-use crate::generate::{generate, FinishReason};
+use crate::engine::{EngineConfig, EngineService, FinishReason, Update};
+use crate::model::BackendChoice;
 use crate::sample::SamplingParams;
 use crate::tokenizer::{ChatMessage, Tokenizer};
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::{Cursor, Read, Write};
@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Requests handled at once.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// auto: CUDA when it can run here, else the CPU.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub device: BackendChoice,
 }
 
 /// Largest request body read; a larger one is a 413.
@@ -55,7 +58,7 @@ const MAX_BODY: u64 = 16 << 20;
 pub fn run(a: ServeArgs) -> Result<()> {
     ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
     ensure!(a.workers > 0, "--workers must be at least 1");
-    let engine = Engine::load(&a)?;
+    let engine = Served::load(&a)?;
     let server =
         Server::http((a.host.as_str(), a.port)).map_err(|e| anyhow!("cannot listen on {}:{}: {e}", a.host, a.port))?;
     let addr = server.server_addr().to_ip().context("the server is not listening on an IP address")?;
@@ -74,8 +77,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
 }
 
 /// What the workers share, read-only.
-struct Engine {
-    model: CpuModel,
+struct Served {
+    engine: EngineService,
     tok: Tokenizer,
     name: String,
     /// The model's context length (`max_position_embeddings`): prompt and completion together.
@@ -85,14 +88,17 @@ struct Engine {
     created: u64,
 }
 
-impl Engine {
-    fn load(a: &ServeArgs) -> Result<Engine> {
+impl Served {
+    fn load(a: &ServeArgs) -> Result<Served> {
+        let backend = crate::model::resolve_and_report(a.device, "mappa serve")?;
         let loaded = crate::loader::load(&a.model)?;
         let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
-        let model =
-            CpuModel::new(&loaded).with_context(|| format!("building the CPU model from {}", a.model.display()))?;
-        Ok(Engine {
-            model,
+        let model = crate::model::load(&loaded, backend)
+            .with_context(|| format!("building the {backend} model from {}", a.model.display()))?;
+        // The engine thread lives as long as the process: serve never returns while listening.
+        let (engine, _thread) = EngineService::spawn(model, EngineConfig::default())?;
+        Ok(Served {
+            engine,
             tok,
             name: a.name.clone().unwrap_or_else(|| default_name(&a.model)),
             context: loaded.config.max_position_embeddings,
@@ -178,22 +184,36 @@ impl Engine {
     /// Runs `job`, handing `emit` each piece of text as soon as it is settled.
     fn complete(&self, job: &Job, mut emit: impl FnMut(&str) -> Result<()>) -> Result<Outcome> {
         let mut text = Text::new(&self.tok, &job.stops);
-        let cut_short = !job.logprobs;
-        let generated = generate(&self.model, &job.prompt, job.budget, job.params, self.tok.stop_ids(), |id| {
-            let piece = text.push(id)?;
-            if !piece.is_empty() {
-                emit(&piece)?;
-            }
-            match text.stopped && cut_short {
-                true => Err(StopStringReached.into()),
-                false => Ok(()),
-            }
-        });
-        let (finish, logprobs) = match generated {
-            Ok(g) => (g.finish, Some(g.logprobs)),
-            Err(e) if e.is::<StopStringReached>() => (FinishReason::Stop, None),
-            Err(e) => return Err(e),
+        let req = crate::engine::Request {
+            prompt: job.prompt.clone(),
+            max_new_tokens: job.budget,
+            stop_ids: self.tok.stop_ids().to_vec(),
+            samples: vec![job.params],
         };
+        let updates = self.engine.submit(req)?.pop().expect("one receiver per sample");
+        let mut logprobs = Vec::new();
+        let mut finish = FinishReason::Length;
+        // Leaving this loop early drops `updates`, which aborts the sequence in the engine.
+        for update in updates.iter() {
+            match update {
+                Update::Token { id, logprob } => {
+                    logprobs.push(logprob);
+                    let piece = text.push(id)?;
+                    if !piece.is_empty() {
+                        emit(&piece)?;
+                    }
+                    if text.stopped {
+                        break;
+                    }
+                }
+                Update::Done(g) => {
+                    finish = g.finish;
+                    break;
+                }
+                Update::Failed(e) => bail!("{e}"),
+            }
+        }
+        drop(updates);
         let rest = text.finish();
         if !rest.is_empty() {
             emit(&rest)?;
@@ -202,7 +222,7 @@ impl Engine {
         Ok(Outcome {
             finish: if stopped { "stop" } else { "length" },
             completion_tokens: text.generated,
-            logprobs: logprobs.filter(|_| job.logprobs).map(|lp| text.ids.iter().copied().zip(lp).collect()),
+            logprobs: job.logprobs.then(|| text.ids.iter().copied().zip(logprobs).collect()),
             text: text.text,
         })
     }
@@ -383,18 +403,6 @@ fn usage(job: &Job, out: &Outcome) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-/// Aborts generation from the token callback once a stop string has ended the text.
-#[derive(Debug)]
-struct StopStringReached;
-
-impl std::fmt::Display for StopStringReached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a stop string was generated")
-    }
-}
-
-impl std::error::Error for StopStringReached {}
-
 /// A completion's text as its tokens arrive: decoded, cut before the first stop string, and handed out as
 /// soon as it is settled. The tail that may still change is held back: an incomplete UTF-8 character (shown
 /// as U+FFFD until its last byte comes) or the start of a stop string.
@@ -509,7 +517,7 @@ enum Reply {
 }
 
 /// Answers one request. Failing to deliver the answer (a client that went away) is only logged.
-fn handle(engine: &Engine, mut rq: Request) {
+fn handle(engine: &Served, mut rq: Request) {
     let what = format!("{} {}", rq.method(), rq.url());
     let delivered = match route(engine, &mut rq) {
         Ok(Reply::Json(body)) => rq.respond(json_response(200, &body)).map_err(anyhow::Error::from),
@@ -526,7 +534,7 @@ fn handle(engine: &Engine, mut rq: Request) {
     }
 }
 
-fn route(engine: &Engine, rq: &mut Request) -> Result<Reply, ApiError> {
+fn route(engine: &Served, rq: &mut Request) -> Result<Reply, ApiError> {
     let url = rq.url().to_owned();
     let path = url.split('?').next().unwrap_or_default().trim_end_matches('/');
     let method = rq.method().clone();
@@ -571,7 +579,7 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
 /// Answers a `stream: true` request with Server-Sent Events: a chunk with the role, one per piece of text as
 /// it is generated, one with the finish reason (and the log-probs, which exist only once generation is over),
 /// the usage when asked for, then `[DONE]`. A failure after the headers went out becomes an error event.
-fn stream(engine: &Engine, rq: Request, job: &Job) -> Result<()> {
+fn stream(engine: &Served, rq: Request, job: &Job) -> Result<()> {
     let mut events = EventStream::open(rq)?;
     let head =
         json!({"id": completion_id(), "object": "chat.completion.chunk", "created": unix_now(), "model": engine.name});

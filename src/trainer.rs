@@ -13,8 +13,8 @@
 //! The rollout's log-probs are the old policy's: the weights that generated are the weights being trained
 //! (no copy, no sync), so no extra forward pass recomputes them. The learning rate follows `schedule` over
 //! optimizer steps. Everything is deterministic for a given seed, so a resumed run repeats a step exactly.
-use crate::cpu::{split_params, CpuModel};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::model::{Model, Packed};
+use crate::optim::{AdamWConfig, LrSchedule};
 use crate::rl::{compute_advantages, pg_loss, Action, AdvantageConfig, Aggregation, PgLossConfig};
 use anyhow::{ensure, Context, Result};
 use rand::seq::SliceRandom;
@@ -90,46 +90,32 @@ pub struct TrainStats {
 }
 
 pub struct Trainer {
-    pub model: CpuModel,
-    opt: AdamW,
+    /// The agent's policy: the weights its rollouts sample from are the ones this trainer updates.
+    pub model: Box<dyn Model>,
     cfg: TrainerConfig,
 }
 
 impl Trainer {
-    pub fn new(model: CpuModel, cfg: TrainerConfig) -> Result<Trainer> {
-        let opt = AdamW::new(model.params().iter().map(|p| (p.name.clone(), p.range.len())), cfg.adamw)?;
-        Trainer::with_optimizer(model, opt, cfg)
-    }
-
-    /// A trainer resuming from optimizer state saved by `save_optimizer`.
-    pub fn resume(model: CpuModel, cfg: TrainerConfig, optimizer: &Path) -> Result<Trainer> {
-        let opt = AdamW::load(optimizer).with_context(|| format!("loading optimizer state {}", optimizer.display()))?;
-        Trainer::with_optimizer(model, opt, cfg)
-    }
-
-    fn with_optimizer(model: CpuModel, opt: AdamW, cfg: TrainerConfig) -> Result<Trainer> {
+    /// A trainer with fresh optimizer state, or resuming from state saved by `save_optimizer`.
+    pub fn new(mut model: Box<dyn Model>, cfg: TrainerConfig, saved_optimizer: Option<&Path>) -> Result<Trainer> {
         ensure!(cfg.samples_per_optimizer_step > 0, "samples_per_optimizer_step must be positive");
         ensure!(cfg.epochs > 0, "epochs must be positive");
         ensure!(cfg.temperature > 0.0, "the training temperature must be positive");
-        let names: Vec<&str> = model.params().iter().map(|p| p.name.as_str()).collect();
-        ensure!(
-            opt.names().iter().map(String::as_str).eq(names.iter().copied()),
-            "optimizer state does not match the model's parameters"
-        );
-        Ok(Trainer { model, opt, cfg })
+        model.init_optimizer(cfg.adamw, saved_optimizer)?;
+        Ok(Trainer { model, cfg })
     }
 
     pub fn optimizer_steps(&self) -> u64 {
-        self.opt.step_count()
+        self.model.optimizer_steps()
     }
 
     pub fn save_optimizer(&self, path: &Path) -> Result<()> {
-        self.opt.save(path)
+        self.model.save_optimizer(path)
     }
 
     /// One rollout step's update for this agent (module docs); `reference` is the frozen reference model,
     /// `seed` picks the shuffle.
-    pub fn train_step(&mut self, samples: &[Sample], reference: &CpuModel, seed: u64) -> Result<TrainStats> {
+    pub fn train_step(&mut self, samples: &[Sample], reference: &dyn Model, seed: u64) -> Result<TrainStats> {
         let start = Instant::now();
         for (i, s) in samples.iter().enumerate() {
             ensure!(
@@ -156,7 +142,6 @@ impl Trainer {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let spans = token_spans(samples);
         let all = Batch { spans: &spans, logp_old: &logp_old, logp_ref: &logp_ref, adv: &adv.adv, mask: &adv.mask };
-        let mut grads = vec![0f32; self.model.param_len()];
         let (mut forwarded, mut loss_sum, mut norm_sum, mut clip_sum, mut kl_sum) = (0usize, 0f64, 0f64, 0f64, 0f64);
         for _ in 0..self.cfg.epochs {
             let mut order: Vec<usize> = (0..samples.len()).collect();
@@ -167,27 +152,31 @@ impl Trainer {
                     continue; // every action here is masked out: nothing to learn, no step
                 }
                 let denom = averaged_over(self.cfg.loss.aggregation, valid);
-                grads.fill(0.0);
+                self.model.zero_grad();
                 for micro in micro_batches(samples, mini, self.cfg.micro_batch_tokens) {
                     let p = Packing::new(samples, &spans, &micro);
-                    let tape = self.model.forward_train(&p.tokens, &p.seq_lens, self.cfg.recompute)?;
-                    let scores = self.model.score(&tape, &p.positions, self.cfg.temperature)?;
                     let (logp_old, logp_ref, adv, mask) = all.gather(&p.spans);
-                    let loss = pg_loss(&scores.logp, &logp_old, &logp_ref, &adv, &mask, &p.actions, &self.cfg.loss)?;
-                    if loss.tokens == 0 {
-                        continue;
-                    }
                     // pg_loss averages over this micro-batch; rescale to the mini-batch's denominator.
                     let w = averaged_over(self.cfg.loss.aggregation, all.valid(&micro)) / denom;
-                    let dlogp: Vec<f32> = loss.dlogp.iter().map(|g| g * w).collect();
-                    self.model.backward(tape, &scores, &dlogp, &mut grads)?;
-                    loss_sum += (loss.loss * w) as f64;
-                    clip_sum += loss.clip_frac as f64 * loss.tokens as f64;
-                    kl_sum += loss.approx_kl as f64 * loss.tokens as f64;
+                    let mut stats_of_micro = None;
+                    let mut loss_fn = |logp: &[f32]| -> Result<Vec<f32>> {
+                        let loss = pg_loss(logp, &logp_old, &logp_ref, &adv, &mask, &p.actions, &self.cfg.loss)?;
+                        let dlogp = loss.dlogp.iter().map(|g| g * w).collect();
+                        stats_of_micro = Some((loss.loss, loss.clip_frac, loss.approx_kl, loss.tokens));
+                        Ok(dlogp)
+                    };
+                    if all.valid(&micro).0 == 0 {
+                        continue; // nothing valid in this micro-batch: no pass
+                    }
+                    self.model.forward_backward(p.packed(), self.cfg.temperature, self.cfg.recompute, &mut loss_fn)?;
+                    let (loss, clip_frac, approx_kl, tokens) = stats_of_micro.context("the model never called the loss")?;
+                    loss_sum += (loss * w) as f64;
+                    clip_sum += clip_frac as f64 * tokens as f64;
+                    kl_sum += approx_kl as f64 * tokens as f64;
                     forwarded += p.tokens.len();
                 }
                 stats.tokens += valid.0;
-                norm_sum += self.optimizer_step(&mut grads, &mut stats)? as f64;
+                norm_sum += self.optimizer_step(&mut stats)? as f64;
             }
         }
         let steps = stats.optimizer_steps.max(1) as f64;
@@ -202,27 +191,22 @@ impl Trainer {
     }
 
     /// Clip the global norm, then one AdamW step at the schedule's learning rate; returns the pre-clip norm.
-    fn optimizer_step(&mut self, grads: &mut [f32], stats: &mut TrainStats) -> Result<f32> {
-        let lr = self.cfg.schedule.lr(self.opt.step_count());
-        let (params, flat) = self.model.params_and_flat_mut();
-        let mut g = split_params(params, grads);
-        let norm = clip_grad_norm(&mut g, self.cfg.max_grad_norm);
-        ensure!(norm.is_finite(), "gradient norm is {norm}: the update was skipped and training stopped");
-        let g: Vec<&[f32]> = g.into_iter().map(|s| &*s).collect();
-        self.opt.step(&mut split_params(params, flat), &g, lr)?;
+    fn optimizer_step(&mut self, stats: &mut TrainStats) -> Result<f32> {
+        let lr = self.cfg.schedule.lr(self.model.optimizer_steps());
+        let norm = self.model.optimizer_step(lr, self.cfg.max_grad_norm)?;
         stats.optimizer_steps += 1;
         stats.lr = lr;
         Ok(norm)
     }
 
     /// Log-probs of every action token of `samples` under `model`, in sample order.
-    fn logprobs(&self, model: &CpuModel, samples: &[Sample]) -> Result<Vec<f32>> {
+    fn logprobs(&self, model: &dyn Model, samples: &[Sample]) -> Result<Vec<f32>> {
         let mut out = Vec::new();
         let all: Vec<usize> = (0..samples.len()).collect();
         let spans = token_spans(samples);
         for group in micro_batches(samples, &all, self.cfg.micro_batch_tokens) {
             let p = Packing::new(samples, &spans, &group);
-            out.extend(model.sequence_logprobs(&p.tokens, &p.seq_lens, &p.positions, self.cfg.temperature)?);
+            out.extend(model.sequence_logprobs(p.packed(), self.cfg.temperature)?);
         }
         Ok(out)
     }
@@ -315,6 +299,10 @@ struct Packing {
 }
 
 impl Packing {
+    fn packed(&self) -> Packed<'_> {
+        Packed { tokens: &self.tokens, seq_lens: &self.seq_lens, positions: &self.positions }
+    }
+
     fn new(samples: &[Sample], spans: &[std::ops::Range<usize>], group: &[usize]) -> Packing {
         let mut p = Packing {
             tokens: Vec::new(),

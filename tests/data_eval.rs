@@ -2,7 +2,7 @@
 //! task sampler; and evaluation summaries (`mappa::eval`) on hand-made episodes with known numbers.
 use mappa::data::{field, load_tasks, train_split, TaskSampler, HOLDOUT_NAME};
 use mappa::eval::summarize;
-use mappa::generate::FinishReason;
+use mappa::engine::FinishReason;
 use mappa::rollout::{ActionRecord, Episode};
 use mappa::run_config::{DataConfig, RunConfig};
 use std::collections::HashSet;

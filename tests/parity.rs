@@ -2,19 +2,19 @@
 //! (../shared/data/models/smollm2-135m-instruct-q4_1.reference.json): prompt ids, last-position logits,
 //! 32-token greedy continuations and a mean cross-entropy.
 mod common;
-use mappa::cpu::{ops::logsumexp, CpuModel, Logits};
-use mappa::generate::generate;
+use mappa::cpu::{ops::logsumexp, CpuBackend, Logits};
+use mappa::engine::generate;
 use mappa::sample::SamplingParams;
 use mappa::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::sync::OnceLock;
 
-fn smollm2() -> &'static (CpuModel, Tokenizer) {
-    static M: OnceLock<(CpuModel, Tokenizer)> = OnceLock::new();
+fn smollm2() -> &'static (CpuBackend, Tokenizer) {
+    static M: OnceLock<(CpuBackend, Tokenizer)> = OnceLock::new();
     M.get_or_init(|| {
         let loaded = mappa::loader::load(&common::smollm2_gguf()).expect("load SmolLM2");
         let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
-        (CpuModel::new(&loaded).expect("CPU model"), tok)
+        (CpuBackend::new(&loaded).expect("CPU model"), tok)
     })
 }
 
@@ -34,7 +34,8 @@ fn prompts_encode_to_reference_ids() {
 fn last_position_logits_match_within_1e_3() {
     let (model, _) = smollm2();
     for p in common::reference()["prompts"].as_array().unwrap() {
-        let logits = model.forward(&ids(&p["ids"]), &mut model.new_cache(), Logits::Last).unwrap();
+        let m = &model.model;
+        let logits = m.forward(&ids(&p["ids"]), &mut m.new_cache(), Logits::Last).unwrap();
         assert_eq!(logits.len(), 49152);
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -74,8 +75,9 @@ fn loss_case_matches_within_1e_4() {
     let case = &common::reference()["loss_case"];
     let t = tok.encode(case["text"].as_str().unwrap(), false).unwrap();
     assert_eq!(t.len() as u64, case["n_tokens"].as_u64().unwrap());
-    let logits = model.forward(&t, &mut model.new_cache(), Logits::All).unwrap();
-    let v = model.config.vocab_size;
+    let m = &model.model;
+    let logits = m.forward(&t, &mut m.new_cache(), Logits::All).unwrap();
+    let v = m.config.vocab_size;
     let ce: f64 = (0..t.len() - 1)
         .map(|i| {
             let row = &logits[i * v..][..v];

@@ -5,11 +5,12 @@
 //! ChatML tokenizer check the CPU engine and reproducibility.
 mod common;
 
-use mappa::cpu::CpuModel;
+use mappa::cpu::CpuBackend;
+use mappa::model::Model;
 use mappa::data::Task;
-use mappa::generate::{FinishReason, Generation};
+use mappa::engine::{FinishReason, Generation};
 use mappa::rollout::{
-    coach_request, extract_python_code, run_episodes, strip_think, user_turn_delta, Engine, Episode, GenRequest, Phase,
+    coach_request, extract_python_code, run_episodes, strip_think, user_turn_delta, Episode, GenRequest, Generator, Phase,
 };
 use mappa::run_config::{RunConfig, WorkdirScope};
 use mappa::tokenizer::{Tokenizer, TokenizerSpec};
@@ -70,7 +71,7 @@ impl Scripted {
     }
 }
 
-impl Engine for Scripted {
+impl Generator for Scripted {
     fn generate_batch(&self, reqs: &[GenRequest], stop_ids: &[u32]) -> anyhow::Result<Vec<Generation>> {
         let mut calls = self.calls.lock().unwrap();
         let call = calls.len();
@@ -101,7 +102,7 @@ fn team() -> [Scripted; 3] {
 }
 
 fn run(engines: &[Scripted; 3], cfg: &RunConfig, tasks: &[Task], samples: usize, root: &Path) -> Vec<Episode> {
-    let engines: Vec<&dyn Engine> = engines.iter().map(|e| e as &dyn Engine).collect();
+    let engines: Vec<&dyn Generator> = engines.iter().map(|e| e as &dyn Generator).collect();
     let tasks: Vec<(usize, &Task)> = tasks.iter().enumerate().collect();
     run_episodes(&engines, tok(), cfg, &tasks, samples, Phase::Train, 7, root).unwrap()
 }
@@ -321,8 +322,9 @@ fn workdirs_follow_the_sandbox_scope() {
 
 #[test]
 fn cpu_engine_rollouts_are_reproducible_from_the_seed() {
-    let models: Vec<CpuModel> = [11, 12, 13].map(|s| CpuModel::new(&common::tiny_chat_model(s)).unwrap()).into();
-    let engines: Vec<&dyn Engine> = models.iter().map(|m| m as &dyn Engine).collect();
+    let models: Vec<Box<dyn Model>> =
+        [11, 12, 13].map(|s| Box::new(CpuBackend::new(&common::tiny_chat_model(s)).unwrap()) as Box<dyn Model>).into();
+    let engines: Vec<&dyn Generator> = models.iter().map(|m| m as &dyn Generator).collect();
     let cfg = config();
     let (ta, tb) = (task("a", "42"), task("b", "42"));
     let tasks = [(0, &ta), (5, &tb)];

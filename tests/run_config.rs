@@ -114,7 +114,7 @@ fn rl_defaults_are_mappa_mathchat_values() {
 #[test]
 fn other_defaults_and_accessors() {
     let c = minimal();
-    assert_eq!((c.run.seed, c.run.steps, c.run.backend, c.run.device), (42, 128, Backend::Cuda, 0));
+    assert_eq!((c.run.seed, c.run.steps, c.run.backend, c.run.device), (42, 128, BackendChoice::Auto, 0));
     assert_eq!(c.run_dir(), Path::new("runs/tiny"));
     let a = &c.agents[0];
     assert_eq!((a.max_actions, a.tools.len(), a.strip_think, a.device), (1, 0, false, None));

@@ -4,8 +4,8 @@
 mod common;
 
 use mappa::coach::{CoachBackend, HttpCoach, HttpCoachConfig};
-use mappa::cpu::CpuModel;
-use mappa::generate::{generate, FinishReason};
+use mappa::cpu::CpuBackend;
+use mappa::engine::{generate, FinishReason};
 use mappa::sample::SamplingParams;
 use mappa::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::{json, Value};
@@ -117,7 +117,7 @@ fn read_events(events: &[String]) -> Streamed {
 
 /// The served model, loaded in this process from the same directory.
 struct Reference {
-    model: CpuModel,
+    model: CpuBackend,
     tok: Tokenizer,
 }
 
@@ -134,7 +134,7 @@ impl Reference {
     fn load(served: &Served) -> Reference {
         let loaded = mappa::loader::load(&served.model).expect("loading the served model");
         let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
-        Reference { model: CpuModel::new(&loaded).expect("CPU model"), tok }
+        Reference { model: CpuBackend::new(&loaded).expect("CPU model"), tok }
     }
 
     fn generate(&self, messages: &[ChatMessage], max_new: usize, params: SamplingParams) -> Expected {

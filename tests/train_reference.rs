@@ -1,9 +1,11 @@
 //! The CPU training pass against PyTorch (tools/make_train_fixture.py, transformers 5.24, f32): for the tiny
 //! llama (tied head, llama3 rope) and qwen2 (biases, untied head), two packed sequences, the loss
 //! L = sum_t coef_t * logp_t over every next-token position. Checked per tensor, llm.c style: the log-probs,
-//! every parameter's gradient, and a 10-step AdamW trajectory (weight decay and gradient clipping on).
-use mappa::cpu::{split_params, CpuModel};
-use mappa::optim::{clip_grad_norm, AdamW, AdamWConfig};
+//! every parameter's gradient, and a 10-step AdamW trajectory (weight decay and gradient clipping on) taken
+//! through the model interface, as the trainer takes it.
+use mappa::cpu::{CpuBackend, CpuModel};
+use mappa::model::{Model, Packed};
+use mappa::optim::AdamWConfig;
 use safetensors::SafeTensors;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -96,9 +98,10 @@ fn qwen2_gradients_match_pytorch() {
     check_gradients("tiny-qwen2");
 }
 
-/// Ten steps of clip-then-AdamW (lr 1e-2, weight decay 0.1 on every parameter, as torch's default groups).
+/// Ten steps of clip-then-AdamW (lr 1e-2, weight decay 0.1 on every parameter, as torch's default groups),
+/// through the model interface: the trainer's path (forward_backward, optimizer_step).
 fn check_trajectory(name: &str) {
-    let mut f = Fixture::load(name);
+    let f = Fixture::load(name);
     let a = &f.json["adamw"];
     let num = |v: &Value| v.as_f64().unwrap();
     let cfg = AdamWConfig {
@@ -107,28 +110,33 @@ fn check_trajectory(name: &str) {
         weight_decay: num(&a["weight_decay"]) as f32,
     };
     let (lr, max_norm) = (num(&a["lr"]) as f32, num(&a["max_grad_norm"]) as f32);
-    let params: Vec<_> = f.model.params().to_vec();
-    let mut opt = AdamW::new(params.iter().map(|p| (p.name.clone(), p.range.len())), cfg).unwrap();
+    let coef = f.tensor("coef").to_vec();
+    let packed = Packed { tokens: &f.tokens, seq_lens: &f.seq_lens, positions: &f.positions };
+    let mut model: Box<dyn Model> = Box::new(CpuBackend::from_model(f.model));
+    model.init_optimizer(cfg, None).unwrap();
     let want_loss: Vec<f64> = f.json["trajectory_loss"].as_array().unwrap().iter().map(num).collect();
     let want_norm: Vec<f64> = f.json["trajectory_grad_norm"].as_array().unwrap().iter().map(num).collect();
     for step in 0..=10 {
-        let (_, loss, mut grads) = f.loss_and_grads();
+        let mut loss = 0f64;
+        model.zero_grad();
+        let mut loss_fn = |logp: &[f32]| {
+            loss = logp.iter().zip(&coef).map(|(&l, &c)| l as f64 * c as f64).sum();
+            Ok(coef.clone())
+        };
+        model.forward_backward(packed, 1.0, false, &mut loss_fn).unwrap();
         let tol = 2e-4 * want_loss[step].abs().max(1.0);
         assert!((loss - want_loss[step]).abs() < tol, "{name} step {step}: loss {loss}, PyTorch {}", want_loss[step]);
         if step == 10 {
             break;
         }
-        let mut g = split_params(&params, &mut grads);
-        let norm = clip_grad_norm(&mut g, max_norm) as f64;
+        let norm = model.optimizer_step(lr, max_norm).unwrap() as f64;
         assert!(
             (norm - want_norm[step]).abs() < 2e-4 * want_norm[step],
             "{name} step {step}: grad norm {norm}, PyTorch {}",
             want_norm[step]
         );
-        let g: Vec<&[f32]> = g.into_iter().map(|s| &*s).collect();
-        let (_, flat) = f.model.params_and_flat_mut();
-        opt.step(&mut split_params(&params, flat), &g, lr).unwrap();
     }
+    assert_eq!(model.optimizer_steps(), 10);
 }
 
 #[test]

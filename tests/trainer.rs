@@ -3,7 +3,8 @@
 //! continues exactly, fully masked batches take no step, and bad samples are errors.
 mod common;
 use mappa::config::Arch;
-use mappa::cpu::CpuModel;
+use mappa::cpu::CpuBackend;
+use mappa::model::{Model, Packed};
 use mappa::optim::{AdamWConfig, LrSchedule};
 use mappa::rl::{AdvantageConfig, PgLossConfig};
 use mappa::trainer::{Sample, Trainer, TrainerConfig};
@@ -24,25 +25,34 @@ fn config(lr: f32, micro_batch_tokens: usize) -> TrainerConfig {
     }
 }
 
-fn model() -> CpuModel {
-    CpuModel::new(&common::tiny_model(Arch::Qwen2, 7)).unwrap()
+fn model() -> Box<dyn Model> {
+    Box::new(CpuBackend::new(&common::tiny_model(Arch::Qwen2, 7)).unwrap())
+}
+
+/// The model's log-probs of the tokens after `from` in `tokens`.
+fn logprobs(m: &dyn Model, tokens: &[u32], from: usize) -> Vec<f32> {
+    let positions: Vec<usize> = (from - 1..tokens.len() - 1).collect();
+    m.sequence_logprobs(Packed { tokens, seq_lens: &[tokens.len()], positions: &positions }, 1.0).unwrap()
+}
+
+/// The model's weights, flat, for exact comparisons.
+fn flat(m: &dyn Model) -> Vec<f32> {
+    m.weights().tensors.values().flat_map(|t| t.to_f32()).collect()
 }
 
 /// A sample whose old log-probs are the model's own (as after a rollout with these weights).
-fn sample(m: &CpuModel, context: &[u32], action: &[u32], reward: f32) -> Sample {
+fn sample(m: &dyn Model, context: &[u32], action: &[u32], reward: f32) -> Sample {
     let tokens = [context, action].concat();
-    let positions: Vec<usize> = (context.len() - 1..tokens.len() - 1).collect();
-    let logp_old = m.sequence_logprobs(&tokens, &[tokens.len()], &positions, 1.0).unwrap();
+    let logp_old = logprobs(m, &tokens, context.len());
     Sample { tokens, prompt_len: context.len(), logp_old, reward, truncated: false }
 }
 
-fn action_logp(m: &CpuModel, s: &Sample) -> f32 {
-    let positions: Vec<usize> = (s.prompt_len - 1..s.tokens.len() - 1).collect();
-    m.sequence_logprobs(&s.tokens, &[s.tokens.len()], &positions, 1.0).unwrap().iter().sum()
+fn action_logp(m: &dyn Model, s: &Sample) -> f32 {
+    logprobs(m, &s.tokens, s.prompt_len).iter().sum()
 }
 
 /// Two answers to the same context, one rewarded 10 and one 0, plus two unrelated samples.
-fn samples(m: &CpuModel) -> Vec<Sample> {
+fn samples(m: &dyn Model) -> Vec<Sample> {
     vec![
         sample(m, &[5, 6, 7, 8], &[20, 21, 22], 10.0),
         sample(m, &[5, 6, 7, 8], &[30, 31], 0.0),
@@ -54,16 +64,16 @@ fn samples(m: &CpuModel) -> Vec<Sample> {
 #[test]
 fn rewards_move_the_policy_toward_the_better_action() {
     let reference = model();
-    let mut t = Trainer::new(model(), config(1e-3, 4096)).unwrap();
-    let s0 = samples(&t.model);
-    let (good0, bad0) = (action_logp(&t.model, &s0[0]), action_logp(&t.model, &s0[1]));
+    let mut t = Trainer::new(model(), config(1e-3, 4096), None).unwrap();
+    let s0 = samples(t.model.as_ref());
+    let (good0, bad0) = (action_logp(t.model.as_ref(), &s0[0]), action_logp(t.model.as_ref(), &s0[1]));
     for step in 0..5 {
-        let s = samples(&t.model); // a fresh rollout: old log-probs from the current weights
-        let stats = t.train_step(&s, &reference, step).unwrap();
+        let s = samples(t.model.as_ref()); // a fresh rollout: old log-probs from the current weights
+        let stats = t.train_step(&s, reference.as_ref(), step).unwrap();
         assert_eq!((stats.samples, stats.optimizer_steps), (4, 2));
         assert!(stats.grad_norm > 0.0 && stats.lr == 1e-3);
     }
-    let (good, bad) = (action_logp(&t.model, &s0[0]), action_logp(&t.model, &s0[1]));
+    let (good, bad) = (action_logp(t.model.as_ref(), &s0[0]), action_logp(t.model.as_ref(), &s0[1]));
     assert!(good > good0 + 0.01, "rewarded action: log-prob {good0} -> {good}");
     assert!(bad < bad0 - 0.01, "unrewarded action: log-prob {bad0} -> {bad}");
 }
@@ -72,10 +82,10 @@ fn rewards_move_the_policy_toward_the_better_action() {
 fn packing_does_not_change_the_update() {
     let reference = model();
     let run = |budget| {
-        let mut t = Trainer::new(model(), config(1e-3, budget)).unwrap();
-        let s = samples(&t.model);
-        let stats = t.train_step(&s, &reference, 1).unwrap();
-        (stats, t.model.flat().to_vec())
+        let mut t = Trainer::new(model(), config(1e-3, budget), None).unwrap();
+        let s = samples(t.model.as_ref());
+        let stats = t.train_step(&s, reference.as_ref(), 1).unwrap();
+        (stats, flat(t.model.as_ref()))
     };
     // Each sample alone versus all four in one packed forward pass: the same loss and gradient (its norm
     // is a sensitive aggregate: a mis-weighted micro-batch changes it), up to f32 summation order.
@@ -93,48 +103,48 @@ fn packing_does_not_change_the_update() {
 fn same_seed_same_weights_and_resume_continues_exactly() {
     let reference = model();
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Trainer::new(model(), config(1e-3, 4096)).unwrap();
-    let mut b = Trainer::new(model(), config(1e-3, 4096)).unwrap();
-    let s = samples(&a.model);
-    a.train_step(&s, &reference, 4).unwrap();
-    b.train_step(&s, &reference, 4).unwrap();
-    assert_eq!(a.model.flat(), b.model.flat());
+    let mut a = Trainer::new(model(), config(1e-3, 4096), None).unwrap();
+    let mut b = Trainer::new(model(), config(1e-3, 4096), None).unwrap();
+    let s = samples(a.model.as_ref());
+    a.train_step(&s, reference.as_ref(), 4).unwrap();
+    b.train_step(&s, reference.as_ref(), 4).unwrap();
+    assert_eq!(flat(a.model.as_ref()), flat(b.model.as_ref()));
 
     // Save after one step, rebuild from the saved weights and optimizer state, take the next step both ways.
     a.save_optimizer(&dir.path().join("opt.safetensors")).unwrap();
     let mut loaded = common::tiny_model(Arch::Qwen2, 7);
-    loaded.weights = a.model.to_weights();
+    loaded.weights = a.model.weights();
+    let resumed_model = Box::new(CpuBackend::new(&loaded).unwrap());
     let mut resumed =
-        Trainer::resume(CpuModel::new(&loaded).unwrap(), config(1e-3, 4096), &dir.path().join("opt.safetensors"))
-            .unwrap();
+        Trainer::new(resumed_model, config(1e-3, 4096), Some(&dir.path().join("opt.safetensors"))).unwrap();
     assert_eq!(resumed.optimizer_steps(), 2);
-    let s2 = samples(&a.model);
-    let x = a.train_step(&s2, &reference, 5).unwrap();
-    let y = resumed.train_step(&s2, &reference, 5).unwrap();
-    assert_eq!(a.model.flat(), resumed.model.flat());
+    let s2 = samples(a.model.as_ref());
+    let x = a.train_step(&s2, reference.as_ref(), 5).unwrap();
+    let y = resumed.train_step(&s2, reference.as_ref(), 5).unwrap();
+    assert_eq!(flat(a.model.as_ref()), flat(resumed.model.as_ref()));
     assert_eq!((x.loss, x.grad_norm), (y.loss, y.grad_norm));
 }
 
 #[test]
 fn fully_masked_batch_takes_no_step() {
     let reference = model();
-    let mut t = Trainer::new(model(), config(1e-3, 4096)).unwrap();
-    let mut s = samples(&t.model);
+    let mut t = Trainer::new(model(), config(1e-3, 4096), None).unwrap();
+    let mut s = samples(t.model.as_ref());
     s.iter_mut().for_each(|x| x.truncated = true);
-    let stats = t.train_step(&s, &reference, 0).unwrap();
+    let stats = t.train_step(&s, reference.as_ref(), 0).unwrap();
     assert_eq!((stats.optimizer_steps, stats.tokens), (0, 0));
-    assert_eq!(t.model.flat(), model().flat());
+    assert_eq!(flat(t.model.as_ref()), flat(model().as_ref()));
 }
 
 #[test]
 fn bad_samples_are_errors() {
     let reference = model();
-    let mut t = Trainer::new(model(), config(1e-3, 4096)).unwrap();
-    let mut s = samples(&t.model);
+    let mut t = Trainer::new(model(), config(1e-3, 4096), None).unwrap();
+    let mut s = samples(t.model.as_ref());
     s[2].logp_old.pop();
-    let e = t.train_step(&s, &reference, 0).unwrap_err().to_string();
+    let e = t.train_step(&s, reference.as_ref(), 0).unwrap_err().to_string();
     assert!(e.contains("sample 2"), "{e}");
-    let mut s = samples(&t.model);
+    let mut s = samples(t.model.as_ref());
     s[1].prompt_len = s[1].tokens.len();
-    assert!(t.train_step(&s, &reference, 0).is_err(), "a sample without action tokens");
+    assert!(t.train_step(&s, reference.as_ref(), 0).is_err(), "a sample without action tokens");
 }

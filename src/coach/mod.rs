@@ -7,8 +7,8 @@
 //! retries, the action is [`CoachOutcome::Unscored`]: the caller leaves it out of training and counts
 //! it. There is no fallback score (section 8, item 5). Every exchange goes to the [`CoachLog`].
 //!
-//! Coach calls need not block rollouts (section 8, item 9): [`Coach::score_all`] scores many actions on
-//! worker threads, and [`Coach::spawn_score_all`] does so in the background.
+//! Coach calls need not block rollouts (section 8, item 9): [`Coach::score_all`] scores many actions at once
+//! (worker threads, or one batch for a local model), and [`Coach::spawn_score_all`] does so in the background.
 //!
 //! Backends implement [`CoachBackend`]: [`HttpCoach`] (OpenAI-compatible API), [`RuleCoach`] (graded
 //! answers), [`LocalCoach`] (a model run by the engine).
@@ -75,6 +75,31 @@ pub trait CoachBackend: Send + Sync {
         let _ = req;
         self.complete(messages)
     }
+
+    /// Replies to many exchanges, in order, each with its latency in milliseconds. The default runs `reply`
+    /// on up to `concurrency` plain threads (not rayon: the calls block on I/O and must not occupy the
+    /// compute pool); a local model answers them as one batch instead.
+    fn reply_all(&self, exchanges: &[(&CoachRequest, &[ChatMessage])], concurrency: usize) -> Vec<(Result<String>, f64)> {
+        let next = AtomicUsize::new(0);
+        let worker = || {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((req, messages)) = exchanges.get(i) else { return done };
+                let start = Instant::now();
+                let reply = self.reply(req, messages);
+                done.push((i, (reply, start.elapsed().as_secs_f64() * 1e3)));
+            }
+        };
+        let workers = concurrency.clamp(1, exchanges.len().max(1));
+        let mut done: Vec<(usize, (Result<String>, f64))> = thread::scope(|s| {
+            let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
+            // A worker only panics on a bug in a backend; pass the panic on rather than lose replies.
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        done.sort_unstable_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, reply)| reply).collect()
+    }
 }
 
 /// Calls per action: the first, plus one format retry.
@@ -85,6 +110,12 @@ pub struct Coach {
     backend: Box<dyn CoachBackend>,
     prompt: CoachPrompt,
     log: Option<CoachLog>,
+}
+
+/// An action being scored: its prompt so far and the format errors of its earlier attempts.
+struct Pending {
+    messages: Vec<ChatMessage>,
+    errors: Vec<String>,
 }
 
 impl Coach {
@@ -98,42 +129,63 @@ impl Coach {
 
     /// Scores one action (see the module docs for the flow).
     pub fn score_action(&self, req: &CoachRequest) -> CoachOutcome {
-        let mut messages = match self.prompt.render(req) {
-            Ok(m) => m,
-            Err(e) => return CoachOutcome::Unscored { reason: format!("coach prompt failed to render: {e:#}") },
-        };
-        let mut errors = Vec::new();
-        for attempt in 1..=MAX_ATTEMPTS {
-            let (reply, parsed) = match self.exchange(req, &messages, attempt) {
-                Ok(exchanged) => exchanged,
-                Err(reason) => return CoachOutcome::Unscored { reason },
-            };
-            match parsed {
-                Ok(score) => return CoachOutcome::Scored { score, attempts: attempt },
+        self.score_all(vec![req.clone()], 1).pop().expect("one outcome per request")
+    }
+
+    /// Scores `reqs`, outcomes in request order: every first attempt goes to the backend at once (up to
+    /// `concurrency` calls in flight, or one batch for a local model), then every format retry at once.
+    pub fn score_all(&self, reqs: Vec<CoachRequest>, concurrency: usize) -> Vec<CoachOutcome> {
+        let mut outcomes: Vec<Option<CoachOutcome>> = vec![None; reqs.len()];
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            match self.prompt.render(req) {
+                Ok(messages) => pending.push((i, Pending { messages, errors: Vec::new() })),
                 Err(e) => {
-                    if attempt < MAX_ATTEMPTS {
-                        messages = retry_messages(&messages, &reply, &e);
-                    }
-                    errors.push(format!("attempt {attempt}: {e}"));
+                    let reason = format!("coach prompt failed to render: {e:#}");
+                    outcomes[i] = Some(CoachOutcome::Unscored { reason });
                 }
             }
         }
-        CoachOutcome::Unscored { reason: format!("no valid {SCORE_KEY} in the reply ({})", errors.join("; ")) }
+        for attempt in 1..=MAX_ATTEMPTS {
+            let exchanges: Vec<(&CoachRequest, &[ChatMessage])> =
+                pending.iter().map(|(i, p)| (&reqs[*i], p.messages.as_slice())).collect();
+            let replies = self.backend.reply_all(&exchanges, concurrency);
+            let mut retry = Vec::new();
+            for ((i, mut p), (reply, latency_ms)) in pending.into_iter().zip(replies) {
+                let outcome = match self.record(&reqs[i], &p.messages, attempt, reply, latency_ms) {
+                    Err(reason) => CoachOutcome::Unscored { reason },
+                    Ok((_, Ok(score))) => CoachOutcome::Scored { score, attempts: attempt },
+                    Ok((reply, Err(e))) => {
+                        p.errors.push(format!("attempt {attempt}: {e}"));
+                        if attempt < MAX_ATTEMPTS {
+                            p.messages = retry_messages(&p.messages, &reply, &e);
+                            retry.push((i, p));
+                            continue;
+                        }
+                        let reason = format!("no valid {SCORE_KEY} in the reply ({})", p.errors.join("; "));
+                        CoachOutcome::Unscored { reason }
+                    }
+                };
+                outcomes[i] = Some(outcome);
+            }
+            pending = retry;
+        }
+        outcomes.into_iter().map(|o| o.expect("every request resolved")).collect()
     }
 
-    /// One backend call, parsed and logged: the reply and its score, or why the action cannot be scored.
-    fn exchange(
+    /// One backend reply, parsed and logged: the reply and its score, or why the action cannot be scored.
+    fn record(
         &self,
         req: &CoachRequest,
         messages: &[ChatMessage],
         attempt: u32,
+        reply: Result<String>,
+        latency_ms: f64,
     ) -> Result<(String, Result<f32, ParseError>), String> {
-        let start = Instant::now();
-        let result = self.backend.reply(req, messages).map(|reply| {
+        let result = reply.map(|reply| {
             let parsed = parse_score(&reply);
             (reply, parsed)
         });
-        let latency_ms = start.elapsed().as_secs_f64() * 1e3;
         if let Some(log) = &self.log {
             let (status, score, error, reply) = match &result {
                 Ok((reply, Ok(score))) => ("scored", Some(*score), None, Some(reply.as_str())),
@@ -152,28 +204,6 @@ impl Coach {
             });
         }
         result.map_err(|e| format!("coach backend failed on attempt {attempt}: {e:#}"))
-    }
-
-    /// Scores `reqs` on up to `concurrency` threads (at least 1); outcomes come back in request order.
-    /// Plain scoped threads, not rayon: the calls block on I/O and must not occupy the compute pool.
-    pub fn score_all(&self, reqs: Vec<CoachRequest>, concurrency: usize) -> Vec<CoachOutcome> {
-        let next = AtomicUsize::new(0);
-        let worker = || {
-            let mut done = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(req) = reqs.get(i) else { return done };
-                done.push((i, self.score_action(req)));
-            }
-        };
-        let workers = concurrency.clamp(1, reqs.len().max(1));
-        let mut done: Vec<(usize, CoachOutcome)> = thread::scope(|s| {
-            let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
-            // A worker only panics on a bug in a backend; pass the panic on rather than lose outcomes.
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-        });
-        done.sort_unstable_by_key(|&(i, _)| i);
-        done.into_iter().map(|(_, outcome)| outcome).collect()
     }
 
     /// [`Coach::score_all`] on a background thread, so rollouts can go on while the coach works.

@@ -2,13 +2,13 @@
 //! batched generation call over every episode whose agent is still acting, then the tool runs (in
 //! parallel across episodes), then the contexts grow for the next turn.
 use super::context::ChatContext;
-use super::engine::{Engine, GenRequest};
+use super::generator::{GenRequest, Generator};
 use super::prompt::{AgentPrompts, PromptInputs};
 use super::text::{extract_python_code, strip_think};
 use super::workdir::{agent_dir, episode_dir, fresh_episode_dir, list_files};
 use super::{ActionRecord, Episode, SkippedAction};
 use crate::data::{derive_seed, Task};
-use crate::generate::Generation;
+use crate::engine::Generation;
 use crate::grade::grade;
 use crate::run_config::{RunConfig, Tool};
 use crate::sample::SamplingParams;
@@ -39,7 +39,7 @@ struct Live<'t> {
 /// failures; a prompt over `rl.max_prompt_tokens` is not an error but a [`SkippedAction`].
 #[allow(clippy::too_many_arguments)] // the rollout's inputs, each needed
 pub fn run_episodes(
-    engines: &[&dyn Engine],
+    engines: &[&dyn Generator],
     tok: &Tokenizer,
     cfg: &RunConfig,
     tasks: &[(usize, &Task)],
@@ -81,7 +81,7 @@ pub fn run_episodes(
 /// All turns of agent `i` in every episode.
 #[allow(clippy::too_many_arguments)]
 fn run_agent(
-    engine: &dyn Engine,
+    engine: &dyn Generator,
     tok: &Tokenizer,
     cfg: &RunConfig,
     prompts: &AgentPrompts,

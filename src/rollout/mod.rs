@@ -9,14 +9,14 @@
 //! configured) and last tool observation feed later agents' prompts.
 //!
 //! Batching ([`run_episodes`]): all episodes advance together, agent by agent and turn by turn; each
-//! (agent, turn) is ONE [`Engine::generate_batch`] call holding every episode still acting. Request seeds
+//! (agent, turn) is ONE [`Generator::generate_batch`] call holding every episode still acting. Request seeds
 //! derive from (seed, task, sample, agent, turn), so a run is reproducible and independent of batch
 //! composition.
 //!
 //! After the rollout, [`coach_request`] turns any action into what the coach scores.
 mod coach;
 mod context;
-mod engine;
+mod generator;
 mod episode;
 mod prompt;
 mod text;
@@ -24,13 +24,13 @@ mod workdir;
 
 pub use coach::coach_request;
 pub use context::{user_turn_delta, ChatContext, UserTurnDelta};
-pub use engine::{Engine, GenRequest};
+pub use generator::{GenRequest, Generator};
 pub use episode::{run_episodes, Phase};
 pub use prompt::{AgentPrompts, PromptInputs};
 pub use text::{extract_python_code, strip_think};
 pub use workdir::{agent_dir, episode_dir, list_files};
 
-use crate::generate::FinishReason;
+use crate::engine::FinishReason;
 use serde::Serialize;
 use std::path::PathBuf;
 

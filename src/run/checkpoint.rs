@@ -30,8 +30,8 @@ pub fn save(run_dir: &Path, step: u64, agents: &[(&str, &Trainer)], base: &Loade
     for (name, t) in agents {
         let out = d.join(name);
         let m = LoadedModel {
-            config: t.model.config.clone(),
-            weights: t.model.to_weights(),
+            config: t.model.config().clone(),
+            weights: t.model.weights(),
             tokenizer: base.tokenizer.clone(),
             path: out.clone(),
         };

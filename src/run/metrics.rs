@@ -1,5 +1,5 @@
 //! One line of `metrics.jsonl`: what one agent did in one rollout step (the contract `mappa report` reads).
-use crate::generate::FinishReason;
+use crate::engine::FinishReason;
 use crate::rollout::Episode;
 use crate::run_config::{RunConfig, Tool};
 use crate::trainer::TrainStats;

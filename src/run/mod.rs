@@ -23,7 +23,7 @@ use crate::coach::{Coach, CoachOutcome};
 use crate::data::{derive_seed, Task, TaskSampler};
 use crate::eval::summarize;
 use crate::loader::LoadedModel;
-use crate::rollout::{coach_request, run_episodes, Engine, Episode, Phase};
+use crate::rollout::{coach_request, run_episodes, Episode, Generator, Phase};
 use crate::run_config::RunConfig;
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Sample, Trainer};
@@ -40,7 +40,7 @@ pub struct Run {
     base: LoadedModel,
     tok: Tokenizer,
     pub agents: Vec<Trainer>,
-    reference: crate::cpu::CpuModel,
+    reference: Box<dyn crate::model::Model>,
     coach: Coach,
     train: Vec<Task>,
     eval_sets: Vec<(String, Vec<Task>)>,
@@ -111,7 +111,7 @@ impl Run {
         bar.set_message(format!("rollout: {} episodes", tasks.len() * self.cfg.rl.samples_per_prompt));
         let t0 = Instant::now();
         let work = self.dir.join("work").join("train");
-        let engines: Vec<&dyn Engine> = self.agents.iter().map(|t| &t.model as &dyn Engine).collect();
+        let engines: Vec<&dyn Generator> = self.agents.iter().map(|t| &t.model as &dyn Generator).collect();
         let episodes = run_episodes(
             &engines,
             &self.tok,
@@ -135,7 +135,7 @@ impl Run {
             let samples = samples_of(&episodes, &scores, i);
             stats.push(self.agents[i].train_step(
                 &samples,
-                &self.reference,
+                self.reference.as_ref(),
                 derive_seed(&[seed, step, 1, i as u64]),
             )?);
         }
@@ -175,7 +175,7 @@ impl Run {
 
     /// Evaluates the current agents on every eval set at the eval temperature; appends to `eval.jsonl`.
     pub fn evaluate(&self) -> Result<()> {
-        let engines: Vec<&dyn Engine> = self.agents.iter().map(|t| &t.model as &dyn Engine).collect();
+        let engines: Vec<&dyn Generator> = self.agents.iter().map(|t| &t.model as &dyn Generator).collect();
         for (name, tasks) in &self.eval_sets {
             let indexed: Vec<(usize, &Task)> = tasks.iter().enumerate().collect();
             let work = self.dir.join("work").join("eval");
@@ -210,7 +210,7 @@ fn samples_of(episodes: &[Episode], scores: &[Vec<Option<f32>>], agent: usize) -
                     prompt_len: a.context.len(),
                     logp_old: a.logprobs.clone(),
                     reward: score / crate::coach::MAX_SCORE as f32,
-                    truncated: a.finish == crate::generate::FinishReason::Length,
+                    truncated: a.finish == crate::engine::FinishReason::Length,
                 });
             }
         }

@@ -4,7 +4,7 @@
 use super::{checkpoint, Run};
 use crate::coach::MATHCHAT_TEMPLATE;
 use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
-use crate::cpu::CpuModel;
+use crate::model::{self, Backend, BackendChoice};
 use crate::data::{load_tasks, train_split, TaskSampler, HOLDOUT_NAME};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
 use crate::run_config::{CoachBackend, LrSchedule as Schedule, RunConfig};
@@ -28,9 +28,10 @@ pub enum Open<'a> {
 }
 
 pub(super) fn open(how: Open) -> Result<Run> {
-    let (cfg, dir, from) = match how {
+    let (cfg, dir, from, backend) = match how {
         Open::Resume(dir) | Open::Inspect(dir) => {
             let cfg = RunConfig::load(dir.join("config.toml"))?;
+            let backend = choose_backend(&cfg)?;
             let Some((ckpt, state)) = checkpoint::latest(dir)? else {
                 bail!("{} has no complete checkpoint", dir.display());
             };
@@ -38,15 +39,21 @@ pub(super) fn open(how: Open) -> Result<Run> {
                 drop_lines_after(&dir.join("metrics.jsonl"), state.step)?;
                 drop_lines_after(&dir.join("eval.jsonl"), state.step)?;
             }
-            (cfg, dir.to_path_buf(), Some((ckpt, state.step)))
+            (cfg, dir.to_path_buf(), Some((ckpt, state.step)), backend)
         }
         Open::New(cfg) => {
-            let cfg = *cfg;
+            let mut cfg = *cfg;
+            let backend = choose_backend(&cfg)?;
+            // The run's config records the backend it runs on, so a resume does not silently switch.
+            cfg.run.backend = match backend {
+                Backend::Cpu => BackendChoice::Cpu,
+                Backend::Cuda => BackendChoice::Cuda,
+            };
             let dir = cfg.run_dir();
             check_fresh(&dir)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(dir.join("config.toml"), cfg.to_toml_string()?)?;
-            (cfg, dir, None)
+            (cfg, dir, None, backend)
         }
     };
     cfg.check_paths()?;
@@ -63,16 +70,16 @@ pub(super) fn open(how: Open) -> Result<Run> {
     }
     let base = crate::loader::load(&base_path)?;
     let tok = Tokenizer::new(&base.tokenizer, &base.config)?;
-    let reference = CpuModel::new(&base)?;
+    let reference = model::load(&base, backend)?;
     let mut agents = Vec::with_capacity(cfg.agents.len());
     for i in 0..cfg.agents.len() {
         let tc = trainer_config(&cfg, i);
         agents.push(match &from {
-            None => Trainer::new(CpuModel::new(&base)?, tc)?,
+            None => Trainer::new(model::load(&base, backend)?, tc, None)?,
             Some((ckpt, _)) => {
                 let d = ckpt.join(&cfg.agents[i].name);
                 let m = crate::loader::load(&d)?;
-                Trainer::resume(CpuModel::new(&m)?, tc, &d.join(checkpoint::OPTIMIZER_FILE))?
+                Trainer::new(model::load(&m, backend)?, tc, Some(&d.join(checkpoint::OPTIMIZER_FILE)))?
             }
         });
     }
@@ -87,7 +94,7 @@ pub(super) fn open(how: Open) -> Result<Run> {
         eval_sets.push((HOLDOUT_NAME.to_string(), split.holdout));
     }
     let sampler = TaskSampler::new(split.train.len(), cfg.rl.prompts_per_step, cfg.run.seed)?;
-    let coach = build_coach(&cfg, &dir)?;
+    let coach = build_coach(&cfg, &dir, backend)?;
     let mut base = base;
     base.weights = Default::default(); // only the tokenizer files are needed from here on
     Ok(Run {
@@ -135,8 +142,24 @@ fn trainer_config(cfg: &RunConfig, agent: usize) -> TrainerConfig {
     }
 }
 
-/// The coach the configuration asks for, logging every exchange to `run_dir/coach_log.jsonl`.
-pub fn build_coach(cfg: &RunConfig, run_dir: &Path) -> Result<Coach> {
+/// The backend `run.backend` resolves to here (said on stderr), checked against the agents' devices: the
+/// CPU backend has one device, 0.
+fn choose_backend(cfg: &RunConfig) -> Result<Backend> {
+    let backend = model::resolve_and_report(cfg.run.backend, "mappa train")?;
+    for (i, a) in cfg.agents.iter().enumerate() {
+        let device = cfg.agent_device(i);
+        ensure!(
+            backend != Backend::Cpu || device == 0,
+            "agent {} is placed on device {device}, but the cpu backend has one device, 0",
+            a.name
+        );
+    }
+    Ok(backend)
+}
+
+/// The coach the configuration asks for, logging every exchange to `run_dir/coach_log.jsonl`; a local coach
+/// model runs on `backend`.
+pub fn build_coach(cfg: &RunConfig, run_dir: &Path, backend: Backend) -> Result<Coach> {
     let c = &cfg.coach;
     let prompt = CoachPrompt::new(c.prompt_template.as_deref().unwrap_or(MATHCHAT_TEMPLATE), c.tool_output_chars)?;
     let log = Some(CoachLog::open(&run_dir.join("coach_log.jsonl"))?);
@@ -156,7 +179,7 @@ pub fn build_coach(cfg: &RunConfig, run_dir: &Path) -> Result<Coach> {
         }
         CoachBackend::Local => {
             let local =
-                LocalCoach::load(Path::new(&model()?), c.max_tokens, c.temperature as f32, c.reply_prefix.clone())?;
+                LocalCoach::load(Path::new(&model()?), backend, c.max_tokens, c.temperature as f32, c.reply_prefix.clone())?;
             Coach::new(local, prompt, log)
         }
         CoachBackend::Rule => {

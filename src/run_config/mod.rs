@@ -3,7 +3,7 @@
 //! Sections (every table has `deny_unknown_fields`; a misspelt key is an error naming it, the file and
 //! the line):
 //! - `[run]`: name, run directory (`dir`, default `runs/<name>`), seed, rollout steps, compute backend
-//!   (`cuda` | `cpu`), default device index and default base model for the agents.
+//!   (`auto` | `cuda` | `cpu`), default device index and default base model for the agents.
 //! - `[[agents]]`: the sequential pipeline, in order. Each agent has a `name` (an identifier), an optional
 //!   human-readable `role`, a minijinja `prompt`, `max_actions`, `tools`, optional `base_model`/`device`
 //!   (else `[run]`'s), `strip_think` (drop `<think>` blocks before later agents see the output),
@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::model::BackendChoice;
 use crate::rl::{AdvantageConfig, Aggregation, KlEstimator, PgLossConfig};
 use crate::sandbox::SandboxConfig;
 
@@ -71,22 +72,16 @@ pub struct RunSection {
     /// Rollout steps (each: `rl.prompts_per_step` tasks x `rl.samples_per_prompt` episodes).
     #[serde(default = "d_steps")]
     pub steps: u64,
+    /// `auto` (CUDA when it can run here, else the CPU), `cpu` or `cuda`; a new run's config.toml records
+    /// the one it resolved to.
     #[serde(default)]
-    pub backend: Backend,
+    pub backend: BackendChoice,
     /// Default device index of every agent.
     #[serde(default)]
     pub device: usize,
     /// Default base model (a checkpoint directory or file) of every agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    #[default]
-    Cuda,
-    Cpu,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,100 @@
+//! An engine on its own thread, fed from any number of threads: what `mappa serve` runs. Each submitted
+//! request joins the one continuous batch at the next step and gets its own channel of updates; a caller
+//! that drops its receiver (a client that went away, a stop string reached) has its sequence aborted at the
+//! next token, so no generation runs on for nobody.
+use super::{Engine, EngineConfig, Event, Generation, Request, SeqId};
+use crate::model::Model;
+use anyhow::{anyhow, Result};
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
+
+/// What a submitted sequence hears.
+#[derive(Debug)]
+pub enum Update {
+    Token { id: u32, logprob: f32 },
+    Done(Generation),
+    /// The request was refused, or the step it was in failed.
+    Failed(String),
+}
+
+struct Submission {
+    req: Request,
+    /// One per sample of the request.
+    replies: Vec<Sender<Update>>,
+}
+
+/// A cheap, cloneable handle to an engine thread; the thread ends when every handle is dropped.
+#[derive(Clone)]
+pub struct EngineService {
+    tx: Sender<Submission>,
+}
+
+impl EngineService {
+    /// Starts the engine thread, which owns `model`.
+    pub fn spawn(model: Box<dyn Model>, cfg: EngineConfig) -> Result<(EngineService, JoinHandle<()>)> {
+        let (tx, rx) = channel();
+        // Build the engine here, so a bad configuration is an error now rather than on the first request.
+        Engine::new(model.as_ref(), cfg.clone())?;
+        let thread = std::thread::Builder::new().name("engine".into()).spawn(move || run(model, cfg, rx))?;
+        Ok((EngineService { tx }, thread))
+    }
+
+    /// Adds `req` to the batch; one receiver per sample, in order.
+    pub fn submit(&self, req: Request) -> Result<Vec<Receiver<Update>>> {
+        let (replies, receivers): (Vec<_>, Vec<_>) = req.samples.iter().map(|_| channel()).unzip();
+        self.tx.send(Submission { req, replies }).map_err(|_| anyhow!("the engine thread has stopped"))?;
+        Ok(receivers)
+    }
+}
+
+fn run(model: Box<dyn Model>, cfg: EngineConfig, rx: Receiver<Submission>) {
+    let mut engine = match Engine::new(model.as_ref(), cfg) {
+        Ok(e) => e,
+        Err(_) => return, // spawn() built the same engine successfully; nothing else can fail here
+    };
+    let mut senders: HashMap<SeqId, Sender<Update>> = HashMap::new();
+    loop {
+        // Wait while idle; otherwise take whatever arrived and go on stepping.
+        let first = if engine.is_idle() {
+            match rx.recv() {
+                Ok(s) => Some(s),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
+        for s in first.into_iter().chain(rx.try_iter()) {
+            match engine.add(s.req) {
+                Ok(ids) => senders.extend(ids.into_iter().zip(s.replies)),
+                Err(e) => s.replies.iter().for_each(|r| drop(r.send(Update::Failed(format!("{e:#}"))))),
+            }
+        }
+        match engine.step() {
+            Ok(events) => {
+                for ev in events {
+                    let (seq, update) = match ev {
+                        Event::Token { seq, id, logprob } => (seq, Update::Token { id, logprob }),
+                        Event::Finished { seq, generation } => (seq, Update::Done(generation)),
+                    };
+                    let done = matches!(update, Update::Done(_));
+                    let gone = senders.get(&seq).is_none_or(|tx| tx.send(update).is_err());
+                    if done {
+                        senders.remove(&seq);
+                    } else if gone {
+                        engine.abort(seq);
+                        senders.remove(&seq);
+                    }
+                }
+            }
+            Err(e) => {
+                // A failed step leaves no sequence in a known state: fail them all and start afresh.
+                let msg = format!("{e:#}");
+                for (seq, tx) in senders.drain() {
+                    engine.abort(seq);
+                    drop(tx.send(Update::Failed(msg.clone())));
+                }
+            }
+        }
+    }
+}
