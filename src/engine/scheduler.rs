@@ -331,9 +331,11 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    /// Schedules and applies one step in which every sampling sequence draws `id`; returns the plan's chunks
-    /// as (seq, pos, len, samples) and the copies.
-    fn step(s: &mut Scheduler, bm: &mut BlockManager, id: u32) -> (Vec<(SeqId, usize, usize, bool)>, Vec<(u32, u32)>) {
+    /// A step's chunks as (seq, pos, len, samples), and its copies.
+    type Ran = (Vec<(SeqId, usize, usize, bool)>, Vec<(u32, u32)>);
+
+    /// Schedules and applies one step in which every sampling sequence draws `id`.
+    fn step(s: &mut Scheduler, bm: &mut BlockManager, id: u32) -> Ran {
         let plan = s.schedule(bm);
         let out: Vec<_> = plan.chunks.iter().map(|c| c.sample.map(|_| Sampled { id, logprob: -1.0 })).collect();
         s.apply(bm, &plan, &out);
