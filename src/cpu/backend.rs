@@ -68,7 +68,12 @@ impl Model for CpuBackend {
         let tape = self.model.forward_train(p.tokens, p.seq_lens, recompute)?;
         let scores = self.model.score(&tape, p.positions, temperature)?;
         let dlogp = loss(&scores.logp)?;
-        ensure!(dlogp.len() == scores.logp.len(), "the loss gave {} gradients for {} log-probs", dlogp.len(), scores.logp.len());
+        ensure!(
+            dlogp.len() == scores.logp.len(),
+            "the loss gave {} gradients for {} log-probs",
+            dlogp.len(),
+            scores.logp.len()
+        );
         if self.grads.len() != self.model.param_len() {
             self.grads = vec![0.0; self.model.param_len()];
         }
@@ -83,9 +88,7 @@ impl Model for CpuBackend {
     fn init_optimizer(&mut self, config: AdamWConfig, saved: Option<&Path>) -> Result<()> {
         let opt = match saved {
             None => AdamW::new(self.model.params().iter().map(|p| (p.name.clone(), p.range.len())), config)?,
-            Some(path) => {
-                AdamW::load(path).with_context(|| format!("loading optimizer state {}", path.display()))?
-            }
+            Some(path) => AdamW::load(path).with_context(|| format!("loading optimizer state {}", path.display()))?,
         };
         ensure!(
             opt.names().iter().map(String::as_str).eq(self.model.params().iter().map(|p| p.name.as_str())),

@@ -1,12 +1,7 @@
-//! Matrix products on the `gemm` crate (packed SIMD microkernels, rayon threads): `linear` for layers with
-//! PyTorch's `[out_features, in_features]` weights, `matmul` for strided views (attention's QK^T and PV).
-//!
-//! One token at a time (decode) is a matrix-vector product, bound by reading W. The crate's GEMV is
-//! single-threaded, and its AVX-512 variant (which the crate picks for the GEMMs, where it pays) streamed
-//! slower than AVX2 on the dev machine; so that case splits W's rows over the threads and each slice runs a
-//! plain 16-lane dot-product loop compiled for AVX2+FMA (see BENCHMARKS.md), or the crate's GEMV on CPUs
-//! without those.
-use rayon::prelude::*;
+//! Matrix products on the `gemm` crate (packed SIMD microkernels, rayon threads) for training: `linear` for
+//! layers with PyTorch's `[out_features, in_features]` weights, `matmul` for strided views (attention's QK^T
+//! and PV). Inference uses the batch-invariant `rowwise` product instead, whose results do not depend on the
+//! number of rows.
 
 /// A read-only `rows x cols` matrix inside a slice: element (r, c) is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
@@ -91,43 +86,5 @@ pub fn parallelism(work: usize) -> gemm::Parallelism {
 /// x is `[t, inp]`, W is `[out, inp]`, y is `[t, out]`.
 pub fn linear(y: &mut [f32], x: &[f32], w: &[f32], t: usize, inp: usize, out: usize, accumulate: bool) {
     assert_eq!(w.len(), out * inp, "linear: w has {} values, want {out} x {inp}", w.len());
-    let threads = rayon::current_num_threads();
-    if t == 1 && threads > 1 && out * inp >= 1 << 16 {
-        // One slice per thread: more slices measured slower (each is another hand-off), even on the
-        // 49152-row LM head.
-        let rows = out.div_ceil(threads).next_multiple_of(16);
-        y.par_chunks_mut(rows).zip(w.par_chunks(rows * inp)).for_each(|(ys, ws)| gemv(ys, x, ws, accumulate));
-    } else {
-        matmul(y, View::rows(x, t, inp), View::rows(w, out, inp).t(), 1.0, accumulate, parallelism(t * inp * out));
-    }
-}
-
-/// y[o] = dot(W[o], x) (or += when `accumulate`) for the rows of W; one thread's share of a decode GEMV.
-fn gemv(y: &mut [f32], x: &[f32], w: &[f32], accumulate: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // Safety: the CPU has the features the function is compiled for (just checked).
-        return unsafe { gemv_avx2(y, x, w, accumulate) };
-    }
-    let wt = View::rows(w, y.len(), x.len()).t();
-    matmul(y, View::rows(x, 1, x.len()), wt, 1.0, accumulate, gemm::Parallelism::None)
-}
-
-/// 16 independent accumulators per row, which the compiler turns into two 8-wide FMA chains.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_avx2(y: &mut [f32], x: &[f32], w: &[f32], accumulate: bool) {
-    let inp = x.len();
-    let split = inp - inp % 16;
-    for (yo, row) in y.iter_mut().zip(w.chunks_exact(inp)) {
-        let mut lanes = [0f32; 16];
-        for (wc, xc) in row[..split].chunks_exact(16).zip(x[..split].chunks_exact(16)) {
-            for l in 0..16 {
-                lanes[l] = wc[l].mul_add(xc[l], lanes[l]);
-            }
-        }
-        let tail: f32 = row[split..].iter().zip(&x[split..]).map(|(a, b)| a * b).sum();
-        let dot = lanes.iter().sum::<f32>() + tail;
-        *yo = if accumulate { *yo + dot } else { dot };
-    }
+    matmul(y, View::rows(x, t, inp), View::rows(w, out, inp).t(), 1.0, accumulate, parallelism(t * inp * out));
 }

@@ -9,6 +9,7 @@ pub mod logprob;
 pub mod model;
 pub mod ops;
 pub mod paged;
+pub mod rowwise;
 pub mod train;
 
 pub use backend::CpuBackend;

@@ -2,18 +2,25 @@
 //!
 //! Per layer: x += o_proj(attn(rope(norm?(q)), rope(norm?(k)), v)) on rmsnorm(x), then
 //! x += down(silu(gate(h)) * up(h)) on h = rmsnorm(x). qwen2 adds q/k/v biases, qwen3 a per-head RMSNorm on
-//! q and k. Keys and values of every position seen so far live in a `KvCache`, so generation feeds one new
-//! token at a time while a prompt goes through in one batched call.
+//! q and k.
+//!
+//! Inference has one path, the batched paged step (`paged.rs`): `forward` with its `KvCache` (a small paged
+//! pool of its own that grows, and the block table) is that step run on one sequence, so generation feeds one
+//! new token at a time while a prompt goes through in one batched call.
 //!
 //! Every parameter lives in one `Arena`, listed by Hugging Face name in `params()`: the optimizer updates the
 //! arena in place and the next rollout uses it, with no copy between generation and training. A gradient
 //! buffer has the arena's layout (`param_len()` floats, same ranges). The layer pieces shared by generation
-//! and training (`attn_in`, `mlp`) are here; the training pass with its backward is in `train.rs`.
+//! and training (`attn_in_by`, `mlp_by`) are here, taking the matrix product as an argument: inference uses
+//! the batch-invariant `rowwise::linear`, training the `gemm` crate's `linear` (faster on thousands of rows);
+//! the training pass with its backward is in `train.rs`.
 use super::arena::{Arena, ArenaBuilder};
 use super::linear::linear;
-use super::ops::{attention, rmsnorm, rmsnorm_inplace, swiglu, Rope};
+use super::ops::{rmsnorm, rmsnorm_inplace, swiglu, Rope};
+use super::paged::CpuKvPool;
 use crate::config::ModelConfig;
 use crate::loader::LoadedModel;
+use crate::model::{StepBatch, StepSeq};
 use crate::tensor::{Tensor, Weights};
 use anyhow::{bail, Result};
 use std::ops::Range;
@@ -56,13 +63,17 @@ pub struct CpuModel {
     pub(super) rope: Rope,
 }
 
-/// Keys and values of every position processed so far, per layer, `[len, n_kv * head_dim]`.
+/// Keys and values of every position processed so far: one sequence in a paged pool of its own, which grows
+/// a block at a time, and its block table (blocks in order).
 #[derive(Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    pool: CpuKvPool,
+    table: Vec<u32>,
     len: usize,
 }
+
+/// Positions per block of a `KvCache`.
+const CACHE_BLOCK: usize = 16;
 
 impl KvCache {
     pub fn len(&self) -> usize {
@@ -81,6 +92,9 @@ pub enum Logits {
     /// Every position's: `[t, vocab]`. What scoring a text needs.
     All,
 }
+
+/// A matrix product with `linear`'s arguments: y = x W^T (or y +=), x `[t, inp]`, W `[out, inp]`.
+pub(super) type Product = fn(&mut [f32], &[f32], &[f32], usize, usize, usize, bool);
 
 /// The attention input side of one layer for `t` tokens: the normed input and q, k, v after bias, q/k norm
 /// and rope. `q_raw`/`k_raw` (before the q/k norm) are kept only for qwen3, whose backward needs them.
@@ -162,7 +176,11 @@ impl CpuModel {
                 b_qkv: match c.attention_bias {
                     true => Some(l.group(
                         m,
-                        &[proj("q_proj", "bias", vec![q]), proj("k_proj", "bias", vec![kv]), proj("v_proj", "bias", vec![kv])],
+                        &[
+                            proj("q_proj", "bias", vec![q]),
+                            proj("k_proj", "bias", vec![kv]),
+                            proj("v_proj", "bias", vec![kv]),
+                        ],
                     )?),
                     false => None,
                 },
@@ -241,8 +259,7 @@ impl CpuModel {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        let n = self.config.num_layers;
-        KvCache { k: vec![Vec::new(); n], v: vec![Vec::new(); n], len: 0 }
+        KvCache { pool: CpuKvPool::empty(&self.config, CACHE_BLOCK), table: Vec::new(), len: 0 }
     }
 
     /// Errors on an empty input or an id outside the vocabulary.
@@ -256,6 +273,15 @@ impl CpuModel {
         Ok(())
     }
 
+    /// Errors when a sequence of `end` positions exceeds the model's.
+    pub(super) fn check_end(&self, end: usize) -> Result<()> {
+        let max = self.config.max_position_embeddings;
+        if end > max {
+            bail!("a sequence of {end} positions exceeds the model's {max}");
+        }
+        Ok(())
+    }
+
     /// The embedding rows of `tokens`: `[t, hidden]`.
     pub(super) fn embed(&self, tokens: &[u32]) -> Vec<f32> {
         let d = self.config.hidden_size;
@@ -263,16 +289,29 @@ impl CpuModel {
         tokens.iter().flat_map(|&id| &e[id as usize * d..][..d]).copied().collect()
     }
 
+    /// `attn_in_by` with the `gemm` crate's product (training).
+    pub(super) fn attn_in(&self, layer: &Layer, x: &[f32], cos: &[f32], sin: &[f32], keep_raw: bool) -> AttnIn {
+        self.attn_in_by(linear, layer, x, cos, sin, keep_raw)
+    }
+
     /// rmsnorm, the fused q/k/v projection (+ bias), q/k norm and rope for `t` tokens of residual stream `x`;
     /// `cos`/`sin` hold each token's rope row. `keep_raw` keeps q and k before the q/k norm.
-    pub(super) fn attn_in(&self, layer: &Layer, x: &[f32], cos: &[f32], sin: &[f32], keep_raw: bool) -> AttnIn {
+    pub(super) fn attn_in_by(
+        &self,
+        mm: Product,
+        layer: &Layer,
+        x: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        keep_raw: bool,
+    ) -> AttnIn {
         let c = &self.config;
         let (d, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
         let (t, qkvd, half, w) = (x.len() / d, qd + 2 * kvd, c.head_dim / 2, &self.arena);
         let mut h = vec![0f32; t * d];
         rmsnorm(&mut h, x, &w[layer.attn_norm.clone()], c.rms_norm_eps);
         let mut qkv = vec![0f32; t * qkvd];
-        linear(&mut qkv, &h, &w[layer.w_qkv.clone()], t, d, qkvd, false);
+        mm(&mut qkv, &h, &w[layer.w_qkv.clone()], t, d, qkvd, false);
         if let Some(b) = &layer.b_qkv {
             let b = &w[b.clone()];
             qkv.chunks_exact_mut(qkvd).for_each(|row| row.iter_mut().zip(b).for_each(|(a, b)| *a += b));
@@ -299,49 +338,44 @@ impl CpuModel {
         AttnIn { h, q, k, v, qk_raw }
     }
 
-    /// x += down(silu(gate(h)) * up(h)) with h = rmsnorm(x); returns (h, gate_up, act) for a backward pass.
+    /// `mlp_by` with the `gemm` crate's product (training).
     pub(super) fn mlp(&self, layer: &Layer, x: &mut [f32]) -> [Vec<f32>; 3] {
+        self.mlp_by(linear, layer, x)
+    }
+
+    /// x += down(silu(gate(h)) * up(h)) with h = rmsnorm(x); returns (h, gate_up, act) for a backward pass.
+    pub(super) fn mlp_by(&self, mm: Product, layer: &Layer, x: &mut [f32]) -> [Vec<f32>; 3] {
         let c = &self.config;
         let (d, f, w) = (c.hidden_size, c.intermediate_size, &self.arena);
         let t = x.len() / d;
         let mut h = vec![0f32; t * d];
         rmsnorm(&mut h, x, &w[layer.mlp_norm.clone()], c.rms_norm_eps);
         let (mut gate_up, mut act) = (vec![0f32; t * 2 * f], vec![0f32; t * f]);
-        linear(&mut gate_up, &h, &w[layer.w_gate_up.clone()], t, d, 2 * f, false);
+        mm(&mut gate_up, &h, &w[layer.w_gate_up.clone()], t, d, 2 * f, false);
         swiglu(&mut act, &gate_up, f);
-        linear(x, &act, &w[layer.w_down.clone()], t, f, d, true);
+        mm(x, &act, &w[layer.w_down.clone()], t, f, d, true);
         [h, gate_up, act]
     }
 
     /// Runs `tokens` (positions cache.len() ..) through the model, appends their keys/values to the cache
-    /// and returns the logits `which` asks for.
+    /// and returns the logits `which` asks for: the paged step on one sequence.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
-        let c = &self.config;
-        let (t, d, qd) = (tokens.len(), c.hidden_size, c.q_dim());
-        let w = &self.arena;
-        let mut x = self.embed(tokens);
-        let mut att = vec![0f32; t * qd];
-        let (cos, sin) = self.rope.table(cache.len, t);
-        for (layer, (kc, vc)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
-            let a = self.attn_in(layer, &x, &cos, &sin, false);
-            kc.extend_from_slice(&a.k);
-            vc.extend_from_slice(&a.v);
-            attention(&mut att, &a.q, kc, vc, t, c.num_heads, c.num_kv_heads, c.head_dim);
-            linear(&mut x, &att, &w[layer.wo.clone()], t, qd, d, true);
-            self.mlp(layer, &mut x);
+        let (t, end) = (tokens.len(), cache.len + tokens.len());
+        self.check_end(end)?;
+        let KvCache { pool, table, len } = cache;
+        let blocks = end.div_ceil(CACHE_BLOCK);
+        if blocks > table.len() {
+            pool.grow(blocks)?;
+            table.extend(table.len() as u32..blocks as u32);
         }
-        cache.len += t;
-
-        let rows = match which {
-            Logits::Last => &x[(t - 1) * d..],
-            Logits::All => &x[..],
+        let seq = StepSeq { tokens, pos: *len, block_table: table, sample: None };
+        let rows: Vec<usize> = match which {
+            Logits::Last => vec![t - 1],
+            Logits::All => (0..t).collect(),
         };
-        let n = rows.len() / d;
-        let mut normed = vec![0f32; n * d];
-        rmsnorm(&mut normed, rows, &w[self.norm.clone()], c.rms_norm_eps);
-        let mut logits = vec![0f32; n * c.vocab_size];
-        linear(&mut logits, &normed, &w[self.head()], n, d, c.vocab_size, false);
+        let logits = self.step(pool, &StepBatch { copies: Vec::new(), seqs: vec![seq] }, &rows)?;
+        *len = end;
         Ok(logits)
     }
 }

@@ -119,12 +119,10 @@ pub fn logsumexp(x: &[f32]) -> f32 {
     max + x.iter().map(|v| (v - max).exp() as f64).sum::<f64>().ln() as f32
 }
 
-/// Causal grouped-query attention of `t` new tokens against a cache that already holds them.
+/// Causal grouped-query attention of `t` new tokens against a contiguous cache that already holds them.
 /// q: `[t, n_heads * hd]`; k_cache/v_cache: `[len, n_kv * hd]` where the new tokens are the last `t` rows;
-/// out: `[t, n_heads * hd]`. Query i (absolute position len - t + i) sees keys 0..=len - t + i.
-///
-/// Per head, two matrix products on strided views of the cache: S = q K^T / sqrt(hd) (masked, softmaxed),
-/// then S V. Heads run in parallel.
+/// out: `[t, n_heads * hd]`. Query i (absolute position len - t + i) sees keys 0..=len - t + i. Each (row,
+/// head) is one `attend`, as in the paged step; (row, head) pairs run in parallel.
 #[allow(clippy::too_many_arguments)] // the shapes are the arguments; a struct would only rename them
 pub fn attention(
     out: &mut [f32],
@@ -137,29 +135,66 @@ pub fn attention(
     hd: usize,
 ) {
     let (qd, kvd) = (n_heads * hd, n_kv * hd);
-    let len = k_cache.len() / kvd;
-    let group = n_heads / n_kv;
-    let serial = gemm::Parallelism::None;
-    let heads: Vec<Vec<f32>> = (0..n_heads)
-        .into_par_iter()
-        .map(|h| {
-            let kv_off = (h / group) * hd;
-            let kh = View { data: &k_cache[kv_off..], rows: len, cols: hd, rs: kvd, cs: 1 };
-            let vh = View { data: &v_cache[kv_off..], rows: len, cols: hd, rs: kvd, cs: 1 };
-            let qh = View { data: &q[h * hd..], rows: t, cols: hd, rs: qd, cs: 1 };
-            let mut o = vec![0f32; t * hd];
-            matmul(&mut o, View::rows(&causal_probs(qh, kh), t, len), vh, 1.0, false, serial);
-            o
-        })
-        .collect();
-    for (h, o) in heads.iter().enumerate() {
-        scatter_rows(out, o, hd, h * hd, qd);
+    let start = k_cache.len() / kvd - t;
+    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (u, o)| {
+        let (i, h) = (u / n_heads, u % n_heads);
+        let kv_off = h / (n_heads / n_kv) * hd;
+        let slots = (0..=start + i).map(|j| j * kvd + kv_off);
+        attend(o, &q[i * qd + h * hd..][..hd], k_cache, v_cache, slots, scores);
+    });
+}
+
+/// One query row of one head: out = softmax(q k_j / sqrt(hd)) v_j over the keys and values starting at
+/// `slots` (in position order) of `k`/`v`. The order is fixed, so the result depends on nothing else:
+/// scores in position order (each a `dot8`), their max, exp and sum in order, the weighted sum of values in
+/// order, then one scale. `scores` is scratch.
+pub fn attend(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    slots: impl Iterator<Item = usize> + Clone,
+    scores: &mut Vec<f32>,
+) {
+    let hd = q.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    scores.clear();
+    scores.extend(slots.clone().map(|s| dot8(q, &k[s..][..hd]) * scale));
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
     }
+    out.fill(0.0);
+    for (&e, s) in scores.iter().zip(slots) {
+        out.iter_mut().zip(&v[s..][..hd]).for_each(|(o, &x)| *o += e * x);
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// A dot product in a fixed order: lane l sums a[k] b[k] for k = l (mod 8) in order, then a halving tree.
+/// Separate multiply and add (never fused), so every SIMD width gives the same bits.
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = ac.remainder().iter().zip(bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in tail.enumerate() {
+        lanes[l] += x * y;
+    }
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = lanes;
+    ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))
 }
 
 /// Causal attention probabilities of one head: softmax(q K^T / sqrt(hd)) as `[q.rows, k.rows]`, where the
 /// queries are the last `q.rows` positions of the `k.rows` keys (query i sees keys 0..=k.rows - q.rows + i)
-/// and the masked entries are 0. Shared by the forward (`attention`) and the training code (cpu::grad).
+/// and the masked entries are 0. Used by the training code (cpu::grad).
 pub fn causal_probs(qh: View, kh: View) -> Vec<f32> {
     let (t, len) = (qh.rows, kh.rows);
     let start = len - t;
