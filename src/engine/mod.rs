@@ -9,6 +9,7 @@
 //! - `seq`: one sequence's state and the [`Generation`] it ends with.
 //! - `driver`: [`Engine`], which checks requests and turns the scheduler's plan into model steps.
 //! - `batch`: whole jobs: [`generate_batch`], [`Engine::run_batch`] and one-sequence [`generate`].
+//! - `service`: an engine on its own thread that many threads submit to ([`EngineService`], `mappa serve`).
 //!
 //! A sequence's tokens do not depend on what shares its batch or on a preemption: sampling draws are a
 //! function of (seed, index) (`crate::sample`), and a recomputed sequence continues at the same index.
@@ -17,12 +18,14 @@ mod blocks;
 mod driver;
 mod scheduler;
 mod seq;
+mod service;
 
 use crate::sample::SamplingParams;
 use serde::Serialize;
 
 pub use batch::{generate, generate_batch};
 pub use driver::Engine;
+pub use service::{EngineService, Update};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

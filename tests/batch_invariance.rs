@@ -1,0 +1,116 @@
+//! Batch invariance of the engine on SmolLM2-135M (f32 CPU backend): one request with a fixed seed gives
+//! bitwise the same tokens and log-probs alone, inside a batch of 32 mixed-length prompts, next to requests
+//! that share its prompt's blocks, and after the engine preempted and recomputed it.
+mod common;
+use mappa::cpu::CpuBackend;
+use mappa::engine::{generate_batch, Engine, EngineConfig, Event, Generation, Request};
+use mappa::model::Model;
+use mappa::sample::SamplingParams;
+use mappa::tokenizer::{ChatMessage, Tokenizer};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+fn smollm2() -> &'static (CpuBackend, Tokenizer) {
+    static M: OnceLock<(CpuBackend, Tokenizer)> = OnceLock::new();
+    M.get_or_init(|| {
+        let loaded = mappa::loader::load(&common::smollm2_gguf()).expect("load SmolLM2");
+        let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
+        (CpuBackend::new(&loaded).expect("CPU model"), tok)
+    })
+}
+
+const NEW: usize = 20;
+
+fn sampled(seed: u64) -> SamplingParams {
+    SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.95, seed }
+}
+
+/// A chat prompt whose length grows with `i` (about 20 to 200 tokens).
+fn prompt(i: usize) -> Vec<u32> {
+    let (_, tok) = smollm2();
+    let facts = "Apples are red. Bananas are yellow. Grass is green. The sky is blue. ".repeat(i % 9);
+    let q = format!("{facts}Question {i}: name a colour and explain your choice.");
+    tok.encode_chat(&[ChatMessage::new("user", &q)]).expect("prompt")
+}
+
+fn request(prompt: Vec<u32>, samples: Vec<SamplingParams>) -> Request {
+    let (_, tok) = smollm2();
+    Request { prompt, max_new_tokens: NEW, stop_ids: tok.stop_ids().to_vec(), samples }
+}
+
+/// The request under test: prompt 5, seed 77.
+fn target() -> Request {
+    request(prompt(5), vec![sampled(77)])
+}
+
+fn alone() -> &'static Generation {
+    static G: OnceLock<Generation> = OnceLock::new();
+    G.get_or_init(|| {
+        let (model, _) = smollm2();
+        let g = generate_batch(model, vec![target()], &EngineConfig::default()).unwrap().remove(0).remove(0);
+        assert!(g.tokens.len() > 3, "the target generates something");
+        g
+    })
+}
+
+fn assert_same(what: &str, got: &Generation) {
+    let want = alone();
+    assert_eq!(got.tokens, want.tokens, "{what}: tokens differ from the request run alone");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got.logprobs), bits(&want.logprobs), "{what}: log-probs differ from the request run alone");
+    assert_eq!(got.finish, want.finish, "{what}");
+}
+
+#[test]
+fn a_request_is_bitwise_the_same_alone_and_in_a_batch_of_32() {
+    let (model, _) = smollm2();
+    let mut reqs: Vec<Request> = (0..32).filter(|&i| i != 5).map(|i| request(prompt(i), vec![sampled(i as u64)])).collect();
+    reqs.insert(13, target());
+    let lens: Vec<usize> = reqs.iter().map(|r| r.prompt.len()).collect();
+    assert!(lens.iter().max().unwrap() > &(3 * lens.iter().min().unwrap()), "mixed lengths: {lens:?}");
+    let out = generate_batch(model, reqs, &EngineConfig::default()).unwrap();
+    assert_same("in a batch of 32", &out[13][0]);
+}
+
+#[test]
+fn prefix_sharing_does_not_change_a_request() {
+    let (model, _) = smollm2();
+    // Two more samples of the same prompt (merged: one prefill, forked blocks, copy-on-write of the partial
+    // block), and a longer prompt that starts with the target's.
+    let mut longer = prompt(5);
+    longer.extend(prompt(1));
+    let reqs = vec![
+        request(prompt(5), vec![sampled(1), sampled(77), sampled(2)]),
+        request(longer, vec![sampled(3)]),
+    ];
+    let out = generate_batch(model, reqs, &EngineConfig::default()).unwrap();
+    assert_same("as the second sample of a shared prompt", &out[0][1]);
+    assert_ne!(out[0][0].tokens, out[0][1].tokens, "samples with other seeds differ");
+}
+
+#[test]
+fn preemption_does_not_change_a_request() {
+    let (model, _) = smollm2();
+    // A pool far too small for 12 sequences at once: the engine must preempt and recompute to finish them.
+    let per_seq = (prompt(8).len() + NEW).div_ceil(16);
+    let cfg = EngineConfig { block_size: 16, num_blocks: Some(per_seq * 3), ..EngineConfig::default() };
+    let mut engine = Engine::new(model as &dyn Model, cfg).unwrap();
+    // The target comes last, so it is the most recently admitted sequence: the first one preempted.
+    let mut ids = Vec::new();
+    for i in 0..11 {
+        ids.extend(engine.add(request(prompt(i), vec![sampled(100 + i as u64)])).unwrap());
+    }
+    let target_id = engine.add(target()).unwrap()[0];
+    ids.push(target_id);
+    let mut done: HashMap<u64, Generation> = HashMap::new();
+    while !engine.is_idle() {
+        for ev in engine.step().unwrap() {
+            if let Event::Finished { seq, generation } = ev {
+                done.insert(seq, generation);
+            }
+        }
+    }
+    assert!(engine.stats().preemptions > 0, "the small pool forced at least one preemption");
+    assert_eq!(done.len(), ids.len(), "every sequence finished");
+    assert_same("after preemptions", &done[&target_id]);
+}
