@@ -86,11 +86,18 @@ fn cli_errors_are_clear() {
     let o = run(&["generate", "--model", junk.to_str().unwrap(), "--prompt", "hi"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("junk.gguf") && err.starts_with("error:"), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error:") && l.contains("junk.gguf")), "{err}");
 
     let gguf = common::smollm2_gguf();
     let o = run(&["generate", "--model", gguf.to_str().unwrap(), "--prompt", "hi", "--device", "cuda"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not built yet"));
+    if let Some(why) = mappa::model::cuda_unavailable() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("CUDA backend was asked for") && err.contains(&why), "{err}");
+        assert!(o.stdout.is_empty(), "nothing generated");
+    }
+    let o = run(&["generate", "--model", gguf.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("mappa generate: backend "), "the chosen backend is said: {err}");
 
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"ok\"}\n{\"promt\": \"typo\"}\n").unwrap();

@@ -150,3 +150,35 @@ fn quickstart_config_resolves_to_installed_files() {
     assert_eq!(cfg.agents.len(), 3);
     assert!(cfg.run.dir.as_ref().unwrap().starts_with("runs"));
 }
+
+/// `run.backend`: `auto` resolves here and is recorded in the run's config.toml; an explicit `cuda` that
+/// cannot run, or an agent on a device the backend lacks, fails before the run directory exists.
+#[test]
+fn backend_choice_is_honoured_and_recorded() {
+    use mappa::model::{cuda_unavailable, BackendChoice};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 1);
+    cfg.run.backend = BackendChoice::Auto;
+    let run = Run::open(Open::New(Box::new(cfg.clone()))).unwrap();
+    let written = RunConfig::load(run.dir.join("config.toml")).unwrap();
+    let want = if cuda_unavailable().is_some() { BackendChoice::Cpu } else { BackendChoice::Cuda };
+    assert_eq!(written.run.backend, want, "config.toml records the resolved backend");
+    drop(run);
+
+    if let Some(why) = cuda_unavailable() {
+        let mut cuda = cfg.clone();
+        cuda.run.backend = BackendChoice::Cuda;
+        cuda.run.dir = Some(tmp.path().join("cuda-run"));
+        let err = Run::open(Open::New(Box::new(cuda))).err().expect("cuda without a usable CUDA backend").to_string();
+        assert!(err.contains("CUDA backend") && err.contains(&why), "{err}");
+        assert!(!tmp.path().join("cuda-run").exists(), "nothing is written before the backend is settled");
+    }
+
+    let mut placed = cfg;
+    placed.run.backend = BackendChoice::Cpu;
+    placed.agents[1].device = Some(1);
+    placed.run.dir = Some(tmp.path().join("device-run"));
+    let err = Run::open(Open::New(Box::new(placed))).err().expect("device 1 on the cpu backend").to_string();
+    assert!(err.contains("device 1") && err.contains("cpu backend"), "{err}");
+    assert!(!tmp.path().join("device-run").exists());
+}
