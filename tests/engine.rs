@@ -201,14 +201,18 @@ fn cfg(block_size: usize, num_blocks: usize, max_batch_tokens: usize, max_seqs: 
     EngineConfig { block_size, num_blocks: Some(num_blocks), kv_bytes: 0, max_batch_tokens, max_seqs }
 }
 
-/// Steps until idle, checking the invariants after each step; returns every event.
+/// Steps until idle (within a bound, so a stuck engine fails), checking the invariants after each step;
+/// returns every event.
 fn drain(engine: &mut Engine) -> Vec<Event> {
     let mut events = Vec::new();
-    while !engine.is_idle() {
+    for _ in 0..100_000 {
+        if engine.is_idle() {
+            return events;
+        }
         events.extend(engine.step().unwrap());
         engine.check_invariants().unwrap();
     }
-    events
+    panic!("the engine does not finish");
 }
 
 fn finished(events: &[Event]) -> HashMap<SeqId, Generation> {
@@ -388,6 +392,13 @@ fn a_later_prompt_reuses_the_cached_prefix() {
     assert_eq!(engine.stats().prefix_hit_tokens, 8);
     assert_eq!(model.tokens.load(Relaxed) - run, 2 + 2);
     assert_eq!(outcome(&got[0][0]), oracle(&model, &second)[0]);
+    // Samples of a prompt whose all but last token are cached: no prefill, the samples start at once.
+    let (run, steps) = (model.tokens.load(Relaxed), engine.stats().steps);
+    let third = request((1..=9).collect(), 3, vec![params(1), params(2)]);
+    let got = engine.run_batch(vec![third.clone()]).unwrap();
+    assert_eq!((engine.stats().prefix_hit_tokens, engine.stats().steps - steps), (8 + 8, 3));
+    assert_eq!(model.tokens.load(Relaxed) - run, 2 + 2 * 2);
+    assert_eq!(got[0].iter().map(outcome).collect::<Vec<_>>(), oracle(&model, &third));
 }
 
 #[test]
