@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::slice::from_ref;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 struct FakePool {
@@ -201,14 +202,18 @@ fn cfg(block_size: usize, num_blocks: usize, max_batch_tokens: usize, max_seqs: 
     EngineConfig { block_size, num_blocks: Some(num_blocks), kv_bytes: 0, max_batch_tokens, max_seqs }
 }
 
-/// Steps until idle, checking the invariants after each step; returns every event.
+/// Steps until idle (within a bound, so a stuck engine fails), checking the invariants after each step;
+/// returns every event.
 fn drain(engine: &mut Engine) -> Vec<Event> {
     let mut events = Vec::new();
-    while !engine.is_idle() {
+    for _ in 0..100_000 {
+        if engine.is_idle() {
+            return events;
+        }
         events.extend(engine.step().unwrap());
         engine.check_invariants().unwrap();
     }
-    events
+    panic!("the engine does not finish");
 }
 
 fn finished(events: &[Event]) -> HashMap<SeqId, Generation> {
@@ -230,9 +235,11 @@ struct Seen {
     aborted: bool,
 }
 
-/// Random adds (prompts drawn from a few shared bases, so many share prefixes and some are identical; the
-/// bases are made of a few block-long words, so equal blocks also follow different prefixes; 1 to 3 samples; random budgets and stop ids), steps and aborts on a small pool; the invariants after every step,
-/// and every sequence that was not aborted against the same request run alone and against the oracle.
+/// Random adds, steps and aborts on a small pool. Prompts come from a few shared bases, so many share
+/// prefixes and some are identical; the bases are made of a few block-long words, so equal blocks also follow
+/// different prefixes. Requests have 1 to 3 samples, random budgets and stop ids. The invariants are checked
+/// after every step, and every sequence that was not aborted against the same request run alone and against
+/// the oracle.
 fn property(seed: u64, events: usize) -> (u64, u64, u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let model = Fake::new(128);
@@ -310,7 +317,7 @@ fn property(seed: u64, events: usize) -> (u64, u64, u64) {
     let mut alone: Vec<Vec<Generation>> = Vec::new();
     for req in &requests {
         let mut engine = Engine::new(&model, solo).unwrap();
-        alone.extend(engine.run_batch(vec![req.clone()]).unwrap());
+        alone.extend(engine.run_batch(from_ref(req)).unwrap());
         assert_eq!(engine.stats().preemptions, 0);
     }
     let mut compared = 0;
@@ -345,7 +352,7 @@ fn samples_copy_the_shared_partial_block_only() {
         let model = Fake::new(64);
         let req = request((10..10 + prompt_len).collect(), 5, vec![params(1), params(2), params(3)]);
         let mut engine = Engine::new(&model, cfg(4, 32, 64, 8)).unwrap();
-        let got = engine.run_batch(vec![req.clone()]).unwrap();
+        let got = engine.run_batch(from_ref(&req)).unwrap();
         assert_eq!(got[0].iter().map(outcome).collect::<Vec<_>>(), oracle(&model, &req));
         assert_eq!((engine.stats().cow_copies, model.copies.load(Relaxed)), (copies, copies as usize));
         assert_eq!(engine.stats().prefill_tokens, prompt_len as u64 - 1 + 3);
@@ -358,7 +365,7 @@ fn identical_prompts_in_a_batch_prefill_once() {
     let prompt: Vec<u32> = (1..=10).collect();
     let reqs: Vec<Request> = (0..3).map(|i| request(prompt.clone(), 4, vec![params(i)])).collect();
     let mut engine = Engine::new(&model, cfg(4, 64, 64, 8)).unwrap();
-    let got = engine.run_batch(reqs.clone()).unwrap();
+    let got = engine.run_batch(&reqs).unwrap();
     // The shared parent runs 9 tokens, each sample the 10th and then 3 decodes.
     assert_eq!((engine.stats().prefill_tokens, engine.stats().decode_tokens), (9 + 3, 3 * 3));
     assert_eq!(model.tokens.load(Relaxed), 9 + 3 + 3 * 3);
@@ -380,14 +387,21 @@ fn a_later_prompt_reuses_the_cached_prefix() {
     let model = Fake::new(64);
     let mut engine = Engine::new(&model, cfg(4, 32, 64, 8)).unwrap();
     let first = request((1..=10).collect(), 3, vec![params(0)]);
-    engine.run_batch(vec![first]).unwrap();
+    engine.run_batch(from_ref(&first)).unwrap();
     let run = model.tokens.load(Relaxed);
     // The first 8 tokens are two cached blocks; 2 more prompt tokens and 2 decodes are computed.
     let second = request([(1..=8).collect(), vec![30, 31]].concat(), 3, vec![params(5)]);
-    let got = engine.run_batch(vec![second.clone()]).unwrap();
+    let got = engine.run_batch(from_ref(&second)).unwrap();
     assert_eq!(engine.stats().prefix_hit_tokens, 8);
     assert_eq!(model.tokens.load(Relaxed) - run, 2 + 2);
     assert_eq!(outcome(&got[0][0]), oracle(&model, &second)[0]);
+    // Samples of a prompt whose all but last token are cached: no prefill, the samples start at once.
+    let (run, steps) = (model.tokens.load(Relaxed), engine.stats().steps);
+    let third = request((1..=9).collect(), 3, vec![params(1), params(2)]);
+    let got = engine.run_batch(from_ref(&third)).unwrap();
+    assert_eq!((engine.stats().prefix_hit_tokens, engine.stats().steps - steps), (8 + 8, 3));
+    assert_eq!(model.tokens.load(Relaxed) - run, 2 + 2 * 2);
+    assert_eq!(got[0].iter().map(outcome).collect::<Vec<_>>(), oracle(&model, &third));
 }
 
 #[test]

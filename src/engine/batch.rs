@@ -13,7 +13,7 @@ use std::collections::HashMap;
 /// with equal prompt, max_new_tokens and stop_ids are merged first so all their sequences share one prompt
 /// prefill.
 pub fn generate_batch(model: &dyn Model, reqs: Vec<Request>, cfg: &EngineConfig) -> Result<Vec<Vec<Generation>>> {
-    Engine::new(model, sized(model, cfg, &reqs))?.run_batch(reqs)
+    Engine::new(model, sized(model, cfg, &reqs))?.run_batch(&reqs)
 }
 
 /// One sequence; `on_token` sees each id as it is generated, and an error from it aborts and is returned.
@@ -59,14 +59,14 @@ fn sized(model: &dyn Model, cfg: &EngineConfig, reqs: &[Request]) -> EngineConfi
 }
 
 impl Engine<'_> {
-    /// Runs `reqs` to completion, along with whatever else the engine holds; `result[i][j]` is request i's
-    /// j-th sample. Requests with equal prompt, max_new_tokens and stop_ids are merged first (in groups of
-    /// at most max_seqs samples) so their sequences share one prompt prefill. On an error, the sequences of
-    /// `reqs` are aborted.
-    pub fn run_batch(&mut self, reqs: Vec<Request>) -> Result<Vec<Vec<Generation>>> {
+    /// Runs `reqs` to completion, and whatever else the engine holds (whose events are dropped);
+    /// `result[i][j]` is request i's j-th sample. Requests with equal prompt, max_new_tokens and stop_ids are
+    /// merged first (in groups of at most max_seqs samples) so their sequences share one prompt prefill. On an
+    /// error, the sequences of `reqs` are aborted.
+    pub fn run_batch(&mut self, reqs: &[Request]) -> Result<Vec<Vec<Generation>>> {
         let mut results: Vec<Vec<Option<Generation>>> = reqs.iter().map(|r| vec![None; r.samples.len()]).collect();
         let mut owner: HashMap<SeqId, (usize, usize)> = HashMap::new();
-        let outcome = self.add_merged(&reqs, &mut owner).and_then(|()| {
+        let outcome = self.add_merged(reqs, &mut owner).and_then(|()| {
             while !self.is_idle() {
                 for event in self.step()? {
                     if let Event::Finished { seq, generation } = event {

@@ -99,12 +99,10 @@ impl BlockManager {
         self.tables.get(&seq).map_or(&[], |t| &t.blocks)
     }
 
-    /// The cached blocks that hold the longest prefix of `tokens` in whole blocks, always leaving the last
-    /// token to compute (its logits are what a sequence samples from).
+    /// The cached blocks that hold the longest prefix of `tokens` in whole blocks.
     pub fn lookup(&self, tokens: &[u32]) -> PrefixHit {
         let mut hit = PrefixHit::default();
-        let usable = tokens.len().saturating_sub(1) / self.block_size;
-        for block in tokens.chunks_exact(self.block_size).take(usable) {
+        for block in tokens.chunks_exact(self.block_size) {
             let h = chain(hit.hashes.last().copied(), block);
             let Some(&b) = self.cached.get(&h) else { break };
             hit.revived += usize::from(self.refs[b as usize] == 0);
@@ -303,7 +301,7 @@ mod tests {
 
     /// A manager with `seq` holding `tokens`, all computed and committed.
     fn computed(bm: &mut BlockManager, seq: SeqId, tokens: &[u32]) {
-        let hit = bm.lookup(tokens);
+        let hit = bm.lookup(&tokens[..tokens.len() - 1]);
         let from = bm.hit_tokens(&hit);
         bm.admit(seq, hit);
         assert!(bm.reserve(seq, from, tokens.len(), &mut Vec::new()));
@@ -313,16 +311,18 @@ mod tests {
     }
 
     #[test]
-    fn lookup_reuses_full_blocks_and_leaves_the_last_token() {
+    fn lookup_takes_the_longest_cached_prefix_in_whole_blocks() {
         let mut bm = BlockManager::new(8, 4);
         let prompt: Vec<u32> = (0..8).collect();
         computed(&mut bm, 1, &prompt);
-        // The same 8 tokens: only the first block, so the last token is computed again.
-        assert_eq!(bm.hit_tokens(&bm.lookup(&prompt)), 4);
-        // A longer prompt with the same start takes both blocks; one that differs in block 2 only the first.
+        assert_eq!(bm.hit_tokens(&bm.lookup(&prompt)), 8);
+        assert_eq!(bm.hit_tokens(&bm.lookup(&prompt[..7])), 4);
         assert_eq!(bm.hit_tokens(&bm.lookup(&(0..11).collect::<Vec<_>>())), 8);
         assert_eq!(bm.hit_tokens(&bm.lookup(&[0, 1, 2, 3, 4, 5, 9, 7, 8])), 4);
         assert_eq!(bm.hit_tokens(&bm.lookup(&[1, 1, 2, 3, 4])), 0);
+        // A block is found by its content and everything before it.
+        computed(&mut bm, 2, &[4, 5, 6, 7, 0]);
+        assert_eq!(bm.hit_tokens(&bm.lookup(&[4, 5, 6, 7, 4, 5, 6, 7])), 4);
     }
 
     #[test]
@@ -332,15 +332,15 @@ mod tests {
         bm.free(1);
         assert_eq!((bm.in_use(), bm.available()), (0, 4));
         // Revived from the cache: no block is taken from the free list.
-        let hit = bm.lookup(&[1, 2, 3, 4, 5]);
+        let hit = bm.lookup(&[1, 2, 3, 4]);
         assert_eq!((bm.hit_tokens(&hit), bm.admit_cost(&hit, 5)), (4, 3));
         bm.admit(2, hit);
         bm.free(2);
         // Two never-cached blocks go first, then the cached tail block (freed before its head).
         computed(&mut bm, 3, &[9, 9, 8, 8, 7, 7]);
-        assert_eq!(bm.hit_tokens(&bm.lookup(&[1, 2, 3, 4, 5])), 2);
+        assert_eq!(bm.hit_tokens(&bm.lookup(&[1, 2, 3, 4])), 2);
         computed(&mut bm, 4, &[6, 6]);
-        assert_eq!(bm.hit_tokens(&bm.lookup(&[1, 2, 3, 4, 5])), 0);
+        assert_eq!(bm.hit_tokens(&bm.lookup(&[1, 2, 3, 4])), 0);
         assert!(!bm.reserve(4, 2, 3, &mut Vec::new()), "the pool is full");
         bm.check().unwrap();
     }

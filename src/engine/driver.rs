@@ -1,9 +1,13 @@
 //! [`Engine`]: checks requests, and runs the scheduler's plan as one model step at a time.
 //!
 //! What it assumes of [`Model::step`]: it applies `copies` in order before anything else, writes every
-//! sequence's keys and values into the slots its block table names, and returns one entry per sequence,
-//! `Some` exactly where the sequence asked to sample. A step that fails may have done part of that, so the
-//! engine then preempts every running sequence: nothing computed is trusted, all is recomputed.
+//! sequence's keys and values into the slots its block table names for positions `pos..`, and returns one
+//! entry per sequence, `Some` exactly where the sequence asked to sample. What the engine guarantees in
+//! return: each table covers exactly positions `0 .. pos + tokens.len()`; no slot is written by two sequences
+//! of a step; a sequence's positions before `pos` were computed in earlier steps (or copied at the start of
+//! this one), never in this step, so the sequences of a step can run in any order or at once. A step that
+//! fails may have done part of its work, so the engine then preempts every running sequence and recomputes
+//! them later; cached blocks stay, since no step writes into a block it does not own alone.
 use super::blocks::{blocks_for, BlockManager};
 use super::scheduler::{Plan, Scheduler};
 use super::{EngineConfig, EngineStats, Event, FinishReason, Generation, Request, SeqId};

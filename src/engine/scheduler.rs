@@ -157,7 +157,7 @@ impl Scheduler {
             if budget == 0 || weight + seq.weight() > self.max_seqs {
                 return;
             }
-            let hit = blocks.lookup(&seq.tokens);
+            let hit = blocks.lookup(seq.cacheable());
             let start = blocks.hit_tokens(&hit);
             let len = (seq.tokens.len() - start).min(budget);
             if blocks.admit_cost(&hit, start + len) > blocks.available() {
@@ -172,7 +172,8 @@ impl Scheduler {
                 seq.state = State::Running;
             }
             self.running.push(id);
-            // A parent with nothing to compute forks now, and its children start this step.
+            // A parent with nothing to compute (all cached, or a one-token prompt) forks now, and its children
+            // start this step.
             let started = if len == 0 { self.fork(id, blocks) } else { vec![id] };
             for s in started {
                 let len = self.seqs[&s].remaining().min(budget);
@@ -403,6 +404,19 @@ mod tests {
         assert_eq!(chunks, ids.iter().map(|&c| (c, 5, 1, true)).collect::<Vec<_>>());
         assert_eq!(copies.len(), 2);
         assert_eq!(s.stats.prefill_tokens, 8);
+    }
+
+    #[test]
+    fn samples_of_a_cached_prompt_start_at_once() {
+        let (mut s, mut bm) = (Scheduler::new(4, 16), BlockManager::new(8, 4));
+        s.add(&[1, 2, 3, 4, 9], 1, &[], &greedy(1));
+        step(&mut s, &mut bm, 9);
+        // The parent's 4 tokens are a cached block: it forks when admitted.
+        let ids = s.add(&[1, 2, 3, 4, 5], 1, &[], &greedy(2));
+        let (chunks, copies) = step(&mut s, &mut bm, 9);
+        assert_eq!((chunks, copies), (ids.iter().map(|&c| (c, 4, 1, true)).collect(), vec![]));
+        assert_eq!(s.stats.prefix_hit_tokens, 4);
+        assert!(s.is_idle());
     }
 
     #[test]

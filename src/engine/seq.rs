@@ -63,6 +63,15 @@ impl Seq {
         self.tokens.len() - self.computed
     }
 
+    /// The tokens whose keys and values may come from the prefix cache: a sampler computes at least its last
+    /// one, whose logits it samples from.
+    pub fn cacheable(&self) -> &[u32] {
+        match self.role {
+            Role::Parent { .. } => &self.tokens,
+            Role::Sampler(_) => &self.tokens[..self.tokens.len() - 1],
+        }
+    }
+
     /// Sequences it stands for against `max_seqs`: a parent holds its children's places.
     pub fn weight(&self) -> usize {
         match &self.role {
