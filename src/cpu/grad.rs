@@ -115,7 +115,7 @@ pub fn swiglu_backward(d_out: &[f32], gate_up: &[f32], f: usize, d_gate_up: &mut
 
 /// Packed causal self-attention shapes: several sequences laid end to end, T = sum of `seq_lens` rows.
 /// q and its gradients are `[T, n_heads * hd]`, k and v and theirs `[T, n_kv * hd]`; sequence j occupies
-/// rows off_j .. off_j + seq_lens[j], and its token i (within the sequence) attends to its tokens 0..=i
+/// rows `off_j .. off_j + seq_lens[j]`, and its token i (within the sequence) attends to its tokens 0..=i
 /// only, never across sequences. Positions (rope) are the caller's business, so no cache offset.
 #[derive(Clone, Copy)]
 pub struct Packed<'a> {
@@ -258,7 +258,7 @@ pub fn attention_backward(
     }
 }
 
-/// Backward of the embedding lookup x[i] = E[tokens[i]] (`d` wide): d_embed[tokens[i]] += d_x[i]. A
+/// Backward of the embedding lookup `x[i] = E[tokens[i]]` (`d` wide): `d_embed[tokens[i]] += d_x[i]`. A
 /// deterministic scatter-add: tokens are visited in order, so repeated ids sum in a fixed order.
 pub fn embedding_backward(d_x: &[f32], tokens: &[u32], d: usize, d_embed: &mut [f32]) {
     assert_eq!(

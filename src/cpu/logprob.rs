@@ -1,4 +1,4 @@
-//! The fused LM head + token log-prob: log π(target_t) = l_t[target_t] - logsumexp_v(l_t[v]) with
+//! The fused LM head + token log-prob: `log π(target_t) = l_t[target_t] - logsumexp_v(l_t[v])` with
 //! l_t = h_t W^T / temperature, for every position t, its gradient, and optionally the policy's entropy,
 //! without ever holding the `[T, V]` logits. Training scores thousands of positions against a 50k-150k
 //! vocabulary, where `[T, V]` in f32 is gigabytes; instead W's rows are walked in chunks, each chunk's

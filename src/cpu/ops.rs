@@ -1,5 +1,5 @@
 //! Elementwise and attention operations of the decoder, in f32. Each is the CPU twin of a CUDA kernel
-//! (kernels/<name>.cu) and the reference it is tested against.
+//! (`kernels/<name>.cu`) and the reference it is tested against.
 use super::linear::{matmul, View};
 use crate::config::ModelConfig;
 use rayon::prelude::*;

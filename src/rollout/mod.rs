@@ -2,9 +2,9 @@
 //! and recording every action with the exact token context it was sampled from.
 //!
 //! One episode = one task x one sample. Agents act in the configured order; an agent's prompt is its
-//! template rendered as one user message ([`prompt`]). A tool agent's reply may contain Python ([`text`]);
-//! the code runs in the sandbox in the agent's working directory ([`workdir`]), and while the agent has
-//! actions left its output comes back as the next user turn of the same token context ([`context`]). An
+//! template rendered as one user message (`prompt`). A tool agent's reply may contain Python (`text`);
+//! the code runs in the sandbox in the agent's working directory (`workdir`), and while the agent has
+//! actions left its output comes back as the next user turn of the same token context (`context`). An
 //! agent is done after a reply without code or after `max_actions`. Its final output (think-stripped when
 //! configured) and last tool observation feed later agents' prompts.
 //!
