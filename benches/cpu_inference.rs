@@ -1,9 +1,12 @@
-//! CPU inference speed for SmolLM2-135M-Instruct in f32: prefill of 128 and 512 tokens and greedy decode of
-//! 128 new tokens, reported as tokens/s. Compare with the peers (llama.cpp F32, PyTorch F32) run in the same
+//! CPU inference speed for SmolLM2-135M-Instruct in f32: prefill of 128 and 512 tokens, greedy decode of
+//! 128 new tokens, and batched decode (the paged step, 32 steps of 1, 4, 16 and 32 sequences), reported as
+//! tokens/s (aggregate over the batch). Compare with the peers (llama.cpp F32, PyTorch F32) run in the same
 //! sitting: `../shared/tools/cpu-peers.sh` (see BENCHMARKS.md). Needs tools/setup.sh to have run.
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use mappa::cpu::paged::CpuKvPool;
 use mappa::cpu::{CpuModel, Logits};
 use mappa::generate::generate;
+use mappa::model::{SampleSpec, StepBatch, StepSeq};
 use mappa::sample::SamplingParams;
 use mappa::tokenizer::Tokenizer;
 use std::time::Duration;
@@ -44,6 +47,45 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // Batched decode: `b` sequences with different 16-token prompts, prefilled in one step (not timed), then
+    // 32 greedy steps of all of them, each one paged step.
+    let spec = Some(SampleSpec { params: SamplingParams::default(), index: 0 });
+    let long = prompt_ids(&tok, 16 + 32);
+    for b in [1, 4, 16, 32] {
+        let prompts: Vec<&[u32]> = (0..b).map(|i| &long[i % 32..][..16]).collect();
+        let tables: Vec<Vec<u32>> = (0..b as u32).map(|i| (3 * i..3 * i + 3).collect()).collect();
+        g.throughput(Throughput::Elements(32 * b as u64));
+        g.bench_function(format!("decode_batch_{b}"), |bench| {
+            bench.iter_batched(
+                || {
+                    let mut pool = CpuKvPool::new(&model.config, 3 * b, 16).expect("pool");
+                    let seqs = (0..b)
+                        .map(|i| StepSeq { tokens: prompts[i], pos: 0, block_table: &tables[i], sample: spec })
+                        .collect();
+                    let logits = model.forward_paged(&mut pool, &StepBatch { copies: vec![], seqs }).expect("prefill");
+                    (pool, logits)
+                },
+                |(mut pool, mut logits)| {
+                    for step in 0..32 {
+                        let next: Vec<[u32; 1]> = logits
+                            .chunks_exact(model.config.vocab_size)
+                            .map(|row| [mappa::sample::argmax(row) as u32])
+                            .collect();
+                        let seqs = (0..b)
+                            .map(|i| StepSeq {
+                                tokens: &next[i],
+                                pos: 16 + step,
+                                block_table: &tables[i],
+                                sample: spec,
+                            })
+                            .collect();
+                        logits = model.forward_paged(&mut pool, &StepBatch { copies: vec![], seqs }).expect("step");
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
     // Keep generate() itself honest too: same work through the public loop, one sample.
     let params = SamplingParams::default();
