@@ -100,8 +100,8 @@ pub fn linear_on(
     if t == 0 || out == 0 {
         return;
     }
-    // Unaligned rows make every 64-byte load straddle two cache lines (measured 20-35 % slower); the
-    // weights are aligned in the arena, so copy x onto a cache line when it is not.
+    // An unaligned x makes every 64-byte load of it straddle two cache lines (measured ~20 % slower); the
+    // weights are aligned in the arena, so x is copied onto a cache line when it is not.
     let mut aligned = Vec::new();
     let x = match x.as_ptr().align_offset(64) {
         0 => x,
@@ -112,20 +112,8 @@ pub fn linear_on(
             &aligned[at..at + x.len()]
         }
     };
-    // Unaligned rows make every 64-byte load straddle two cache lines (measured 20-35 % slower); the
-    // weights are aligned in the arena, so copy x onto a cache line when it is not.
-    let mut aligned = Vec::new();
-    let x = match x.as_ptr().align_offset(64) {
-        0 => x,
-        _ => {
-            aligned.resize(x.len() + LANES, 0f32);
-            let at = aligned.as_ptr().align_offset(64);
-            aligned[at..at + x.len()].copy_from_slice(x);
-            &aligned[at..at + x.len()]
-        }
-    };
-    // One share of W's rows per thread (more shares measured slower: each is another hand-off); below
-    // 2^16 multiply-adds the hand-off costs more than it saves.
+    // One share of W's rows per thread, one hand-off each; below 2^16 multiply-adds the hand-off costs more
+    // than it saves.
     let shares = if t * inp * out < 1 << 16 { 1 } else { rayon::current_num_threads() };
     let cols = out.div_ceil(shares).next_multiple_of(TILE);
     let parts: Vec<Vec<f32>> = (0..out.div_ceil(cols))
