@@ -147,7 +147,7 @@ impl CpuModel {
             pool.copy_block(from, to);
         }
         let c = &self.config;
-        let (d, qd, kvd, half) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim / 2);
+        let (d, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
         // Per row: its sequence and position; its token; its rope row.
         let mut at = Vec::new();
         let mut tokens = Vec::new();
@@ -160,7 +160,6 @@ impl CpuModel {
             sin.extend(sn);
         }
         let t = tokens.len();
-        debug_assert_eq!(cos.len(), t * half);
         let w = &self.arena;
         let mut x = self.embed(&tokens);
         let mut att = vec![0f32; t * qd];

@@ -100,8 +100,8 @@ pub fn linear_on(
     if t == 0 || out == 0 {
         return;
     }
-    // Unaligned rows make every 64-byte load straddle two cache lines (measured 20-35 % slower); the
-    // weights are aligned in the arena, so copy x onto a cache line when it is not.
+    // An unaligned x makes every 64-byte load of it straddle two cache lines (measured ~20 % slower); the
+    // weights are aligned in the arena, so x is copied onto a cache line when it is not.
     let mut aligned = Vec::new();
     let x = match x.as_ptr().align_offset(64) {
         0 => x,
@@ -112,60 +112,47 @@ pub fn linear_on(
             &aligned[at..at + x.len()]
         }
     };
-    // Unaligned rows make every 64-byte load straddle two cache lines (measured 20-35 % slower); the
-    // weights are aligned in the arena, so copy x onto a cache line when it is not.
-    let mut aligned = Vec::new();
-    let x = match x.as_ptr().align_offset(64) {
-        0 => x,
-        _ => {
-            aligned.resize(x.len() + LANES, 0f32);
-            let at = aligned.as_ptr().align_offset(64);
-            aligned[at..at + x.len()].copy_from_slice(x);
-            &aligned[at..at + x.len()]
-        }
-    };
-    // One share of W's rows per thread (more shares measured slower: each is another hand-off); below
-    // 2^16 multiply-adds the hand-off costs more than it saves.
+    // One share of W's rows per thread, one hand-off each; below 2^16 multiply-adds the hand-off costs more
+    // than it saves. A share writes its columns of every row of y in place.
     let shares = if t * inp * out < 1 << 16 { 1 } else { rayon::current_num_threads() };
     let cols = out.div_ceil(shares).next_multiple_of(TILE);
-    let parts: Vec<Vec<f32>> = (0..out.div_ceil(cols))
-        .into_par_iter()
-        .map(|i| share(kernel, x, w, t, inp, i * cols..out.min((i + 1) * cols)))
-        .collect();
-    for (i, part) in parts.iter().enumerate() {
-        let n = part.len() / t;
-        for (yr, pr) in y.chunks_exact_mut(out).zip(part.chunks_exact(n)) {
-            let ys = &mut yr[i * cols..][..n];
-            match accumulate {
-                true => ys.iter_mut().zip(pr).for_each(|(a, b)| *a += b),
-                false => ys.copy_from_slice(pr),
-            }
+    let starts: Vec<usize> = (0..out).step_by(cols).collect();
+    let mut ys: Vec<Vec<&mut [f32]>> = starts.iter().map(|_| Vec::with_capacity(t)).collect();
+    for mut row in y.chunks_exact_mut(out) {
+        for part in ys.iter_mut() {
+            let n = cols.min(row.len());
+            let (mine, rest) = std::mem::take(&mut row).split_at_mut(n);
+            part.push(mine);
+            row = rest;
         }
     }
+    ys.into_par_iter().zip(starts).for_each(|(mut part, o)| share(kernel, x, w, inp, o, &mut part, accumulate));
 }
 
-/// x W[o]^T for the W rows `o` of one thread's share: `[t, o.len()]`.
-fn share(kernel: Kernel, x: &[f32], w: &[f32], t: usize, inp: usize, o: std::ops::Range<usize>) -> Vec<f32> {
-    let n = o.len();
-    let mut part = vec![0f32; t * n];
+/// y_r[c] (+)= dot(x_r, W[o + c]) for the rows y_r of one thread's share, whose columns start at W row `o`.
+fn share(kernel: Kernel, x: &[f32], w: &[f32], inp: usize, o: usize, y: &mut [&mut [f32]], accumulate: bool) {
+    let (t, n) = (y.len(), y[0].len());
     // x rows per block: about 256 KiB, so a block stays in L2 while W's rows pass over it.
     let block = ((1 << 16) / inp.max(1)).max(TILE).next_multiple_of(TILE);
     for r0 in (0..t).step_by(block) {
         let r1 = t.min(r0 + block);
         for c0 in (0..n).step_by(TILE) {
             // A last tile with fewer than 4 W rows repeats the last one; its outputs are dropped.
-            let wr: [&[f32]; TILE] = std::array::from_fn(|c| &w[(o.start + (c0 + c).min(n - 1)) * inp..][..inp]);
+            let wr: [&[f32]; TILE] = std::array::from_fn(|c| &w[(o + (c0 + c).min(n - 1)) * inp..][..inp]);
+            let m = TILE.min(n - c0);
             for r in (r0..r1).step_by(TILE) {
                 let rows = TILE.min(r1 - r);
                 let tile = kernel.tile(&x[r * inp..(r + rows) * inp], rows, wr);
-                for i in 0..rows {
-                    let m = TILE.min(n - c0);
-                    part[(r + i) * n + c0..][..m].copy_from_slice(&tile[i * TILE..][..m]);
+                for (yr, v) in y[r..r + rows].iter_mut().zip(tile.chunks_exact(TILE)) {
+                    let dst = &mut yr[c0..c0 + m];
+                    match accumulate {
+                        true => dst.iter_mut().zip(v).for_each(|(a, b)| *a += b),
+                        false => dst.copy_from_slice(&v[..m]),
+                    }
                 }
             }
         }
     }
-    part
 }
 
 /// The definition: dot(x, w) with 16 FMA lanes over k, a zero-padded last chunk, and the halving tree.
