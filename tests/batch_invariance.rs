@@ -2,22 +2,13 @@
 //! bitwise the same tokens and log-probs alone, inside a batch of 32 mixed-length prompts, next to requests
 //! that share its prompt's blocks, and after the engine preempted and recomputed it.
 mod common;
-use mappa::cpu::CpuBackend;
 use mappa::engine::{generate_batch, Engine, EngineConfig, Event, Generation, Request};
 use mappa::model::Model;
 use mappa::sample::SamplingParams;
-use mappa::tokenizer::{ChatMessage, Tokenizer};
+use mappa::tokenizer::ChatMessage;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-fn smollm2() -> &'static (CpuBackend, Tokenizer) {
-    static M: OnceLock<(CpuBackend, Tokenizer)> = OnceLock::new();
-    M.get_or_init(|| {
-        let loaded = mappa::loader::load(&common::smollm2_gguf()).expect("load SmolLM2");
-        let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
-        (CpuBackend::new(&loaded).expect("CPU model"), tok)
-    })
-}
 
 const NEW: usize = 20;
 
@@ -27,14 +18,14 @@ fn sampled(seed: u64) -> SamplingParams {
 
 /// A chat prompt whose length grows with `i` (about 20 to 200 tokens).
 fn prompt(i: usize) -> Vec<u32> {
-    let (_, tok) = smollm2();
+    let (_, tok) = common::smollm2();
     let facts = "Apples are red. Bananas are yellow. Grass is green. The sky is blue. ".repeat(i % 9);
     let q = format!("{facts}Question {i}: name a colour and explain your choice.");
     tok.encode_chat(&[ChatMessage::new("user", &q)]).expect("prompt")
 }
 
 fn request(prompt: Vec<u32>, samples: Vec<SamplingParams>) -> Request {
-    let (_, tok) = smollm2();
+    let (_, tok) = common::smollm2();
     Request { prompt, max_new_tokens: NEW, stop_ids: tok.stop_ids().to_vec(), samples }
 }
 
@@ -46,7 +37,7 @@ fn target() -> Request {
 fn alone() -> &'static Generation {
     static G: OnceLock<Generation> = OnceLock::new();
     G.get_or_init(|| {
-        let (model, _) = smollm2();
+        let (model, _) = common::smollm2();
         let g = generate_batch(model, vec![target()], &EngineConfig::default()).unwrap().remove(0).remove(0);
         assert!(g.tokens.len() > 3, "the target generates something");
         g
@@ -63,7 +54,7 @@ fn assert_same(what: &str, got: &Generation) {
 
 #[test]
 fn a_request_is_bitwise_the_same_alone_and_in_a_batch_of_32() {
-    let (model, _) = smollm2();
+    let (model, _) = common::smollm2();
     let mut reqs: Vec<Request> = (0..32).filter(|&i| i != 5).map(|i| request(prompt(i), vec![sampled(i as u64)])).collect();
     reqs.insert(13, target());
     let lens: Vec<usize> = reqs.iter().map(|r| r.prompt.len()).collect();
@@ -74,7 +65,7 @@ fn a_request_is_bitwise_the_same_alone_and_in_a_batch_of_32() {
 
 #[test]
 fn prefix_sharing_does_not_change_a_request() {
-    let (model, _) = smollm2();
+    let (model, _) = common::smollm2();
     // Two more samples of the same prompt (merged: one prefill, forked blocks, copy-on-write of the partial
     // block), and a longer prompt that starts with the target's.
     let mut longer = prompt(5);
@@ -90,7 +81,7 @@ fn prefix_sharing_does_not_change_a_request() {
 
 #[test]
 fn preemption_does_not_change_a_request() {
-    let (model, _) = smollm2();
+    let (model, _) = common::smollm2();
     // A pool far too small for 12 sequences at once: the engine must preempt and recompute to finish them.
     let per_seq = (prompt(8).len() + NEW).div_ceil(16);
     let cfg = EngineConfig { block_size: 16, num_blocks: Some(per_seq * 3), ..EngineConfig::default() };

@@ -2,21 +2,11 @@
 //! (../shared/data/models/smollm2-135m-instruct-q4_1.reference.json): prompt ids, last-position logits,
 //! 32-token greedy continuations and a mean cross-entropy.
 mod common;
-use mappa::cpu::{ops::logsumexp, CpuBackend, Logits};
+use mappa::cpu::{ops::logsumexp, Logits};
 use mappa::engine::generate;
 use mappa::sample::SamplingParams;
-use mappa::tokenizer::Tokenizer;
 use serde_json::Value;
-use std::sync::OnceLock;
 
-fn smollm2() -> &'static (CpuBackend, Tokenizer) {
-    static M: OnceLock<(CpuBackend, Tokenizer)> = OnceLock::new();
-    M.get_or_init(|| {
-        let loaded = mappa::loader::load(&common::smollm2_gguf()).expect("load SmolLM2");
-        let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
-        (CpuBackend::new(&loaded).expect("CPU model"), tok)
-    })
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
@@ -24,7 +14,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn prompts_encode_to_reference_ids() {
-    let (_, tok) = smollm2();
+    let (_, tok) = common::smollm2();
     for p in common::reference()["prompts"].as_array().unwrap() {
         assert_eq!(tok.encode(p["text"].as_str().unwrap(), false).unwrap(), ids(&p["ids"]), "prompt {:?}", p["text"]);
     }
@@ -32,7 +22,7 @@ fn prompts_encode_to_reference_ids() {
 
 #[test]
 fn last_position_logits_match_within_1e_3() {
-    let (model, _) = smollm2();
+    let (model, _) = common::smollm2();
     for p in common::reference()["prompts"].as_array().unwrap() {
         let m = &model.model;
         let logits = m.forward(&ids(&p["ids"]), &mut m.new_cache(), Logits::Last).unwrap();
@@ -59,7 +49,7 @@ fn last_position_logits_match_within_1e_3() {
 
 #[test]
 fn greedy_continuations_are_identical() {
-    let (model, tok) = smollm2();
+    let (model, tok) = common::smollm2();
     for p in common::reference()["prompts"].as_array().unwrap() {
         let want = ids(&p["greedy_32_ids"]);
         let g = generate(model, &ids(&p["ids"]), 32, SamplingParams::default(), tok.stop_ids(), |_| Ok(())).unwrap();
@@ -71,7 +61,7 @@ fn greedy_continuations_are_identical() {
 
 #[test]
 fn loss_case_matches_within_1e_4() {
-    let (model, tok) = smollm2();
+    let (model, tok) = common::smollm2();
     let case = &common::reference()["loss_case"];
     let t = tok.encode(case["text"].as_str().unwrap(), false).unwrap();
     assert_eq!(t.len() as u64, case["n_tokens"].as_u64().unwrap());

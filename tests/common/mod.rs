@@ -16,6 +16,16 @@ pub fn smollm2_gguf() -> PathBuf {
     p
 }
 
+/// SmolLM2 on the CPU backend with its tokenizer, loaded once per test binary.
+pub fn smollm2() -> &'static (mappa::cpu::CpuBackend, mappa::tokenizer::Tokenizer) {
+    static M: std::sync::OnceLock<(mappa::cpu::CpuBackend, mappa::tokenizer::Tokenizer)> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let loaded = mappa::loader::load(&smollm2_gguf()).expect("load SmolLM2");
+        let tok = mappa::tokenizer::Tokenizer::new(&loaded.tokenizer, &loaded.config).expect("tokenizer");
+        (mappa::cpu::CpuBackend::new(&loaded).expect("CPU model"), tok)
+    })
+}
+
 pub fn reference() -> serde_json::Value {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/models/smollm2-135m-instruct-q4_1.reference.json");
     let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e}"));
