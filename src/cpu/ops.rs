@@ -147,8 +147,39 @@ pub fn attention(
 /// One query row of one head: out = softmax(q k_j / sqrt(hd)) v_j over the keys and values starting at
 /// `slots` (in position order) of `k`/`v`. The order is fixed, so the result depends on nothing else:
 /// scores in position order (each a `dot8`), their max, exp and sum in order, the weighted sum of values in
-/// order, then one scale. `scores` is scratch.
+/// order, then one scale. `scores` is scratch. Compiled for AVX2 where the CPU has it: separate multiplies
+/// and adds (never fused) in fixed lanes give the same bits at any vector width.
 pub fn attend(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    slots: impl Iterator<Item = usize> + Clone,
+    scores: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Safety: the CPU has AVX2 (just checked).
+        return unsafe { attend_avx2(out, q, k, v, slots, scores) };
+    }
+    attend_body(out, q, k, v, slots, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    slots: impl Iterator<Item = usize> + Clone,
+    scores: &mut Vec<f32>,
+) {
+    attend_body(out, q, k, v, slots, scores)
+}
+
+#[inline(always)]
+fn attend_body(
     out: &mut [f32],
     q: &[f32],
     k: &[f32],
@@ -159,7 +190,10 @@ pub fn attend(
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
     scores.clear();
-    scores.extend(slots.clone().map(|s| dot8(q, &k[s..][..hd]) * scale));
+    // A plain loop, not `extend`, so that it is compiled for AVX2 with the rest.
+    for s in slots.clone() {
+        scores.push(dot8(q, &k[s..][..hd]) * scale);
+    }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for s in scores.iter_mut() {
@@ -176,6 +210,7 @@ pub fn attend(
 
 /// A dot product in a fixed order: lane l sums a[k] b[k] for k = l (mod 8) in order, then a halving tree.
 /// Separate multiply and add (never fused), so every SIMD width gives the same bits.
+#[inline(always)]
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));

@@ -178,8 +178,10 @@ impl CpuModel {
                 let (i, p) = at[r];
                 let kv_off = h / (c.num_heads / c.num_kv_heads) * c.head_dim;
                 let q = &a.q[r * qd + h * c.head_dim..][..c.head_dim];
-                let slots = (0..=p).map(|j| pool.slot(batch.seqs[i].block_table, j) + kv_off);
-                attend(out, q, kl, vl, slots, scores);
+                // Positions 0..=p, block by block (no division per position).
+                let (bs, table) = (pool.block_size, batch.seqs[i].block_table);
+                let slots = table.iter().flat_map(move |&b| (0..bs).map(move |o| (b as usize * bs + o) * kvd + kv_off));
+                attend(out, q, kl, vl, slots.take(p + 1), scores);
             });
             rowwise::linear(&mut x, &att, &w[layer.wo.clone()], t, qd, d, true);
             self.mlp_by(rowwise::linear, layer, &mut x);
