@@ -8,9 +8,9 @@
 //! rows whose logits are wanted.
 //!
 //! Batch invariance: every number computed for a row depends only on that row and on its own sequence's
-//! keys and values, through computations whose order is fixed (the row-wise product, `ops::attention_rows`, the
-//! per-row norms), so a sequence's logits are bitwise the same alone or in any batch, its prompt fed at once
-//! or in chunks, or recomputed after a preemption.
+//! keys and values, through computations whose order is fixed (the row-wise product, the per-query
+//! attention of `ops::attention_rows`, the per-row norms), so a sequence's logits are bitwise the same alone
+//! or in any batch, its prompt fed at once or in chunks, or recomputed after a preemption.
 use super::model::CpuModel;
 use super::ops::{attention_rows, rmsnorm};
 use super::rowwise;
