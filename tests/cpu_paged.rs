@@ -82,7 +82,7 @@ fn rowwise_rows_do_not_depend_on_batch_position_threads_or_path() {
                             assert_eq!(
                                 bits(row),
                                 alone[start + i],
-                                "{kernel:?}, {n_threads} threads, {inp}x{out}: row {} of a batch of {t} differs from it alone",
+                                "{kernel:?}, {n_threads} threads, {inp}x{out}: row {} of a batch of {t} differs",
                                 start + i
                             );
                         }

@@ -121,8 +121,7 @@ pub fn logsumexp(x: &[f32]) -> f32 {
 
 /// Causal grouped-query attention of `t` new tokens against a contiguous cache that already holds them.
 /// q: `[t, n_heads * hd]`; k_cache/v_cache: `[len, n_kv * hd]` where the new tokens are the last `t` rows;
-/// out: `[t, n_heads * hd]`. Query i (absolute position len - t + i) sees keys 0..=len - t + i. Each (row,
-/// head) is one `attend`, as in the paged step; (row, head) pairs run in parallel.
+/// out: `[t, n_heads * hd]`. Query i (absolute position len - t + i) sees keys 0..=len - t + i.
 #[allow(clippy::too_many_arguments)] // the shapes are the arguments; a struct would only rename them
 pub fn attention(
     out: &mut [f32],
@@ -134,58 +133,177 @@ pub fn attention(
     n_kv: usize,
     hd: usize,
 ) {
-    let (qd, kvd) = (n_heads * hd, n_kv * hd);
+    let kvd = n_kv * hd;
     let start = k_cache.len() / kvd - t;
-    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (u, o)| {
-        let (i, h) = (u / n_heads, u % n_heads);
-        let kv_off = h / (n_heads / n_kv) * hd;
-        let slots = (0..=start + i).map(|j| j * kvd + kv_off);
-        attend(o, &q[i * qd + h * hd..][..hd], k_cache, v_cache, slots, scores);
-    });
+    let rows: Vec<(usize, usize)> = (start..start + t).map(|p| (0, p)).collect();
+    attention_rows(out, q, k_cache, v_cache, &rows, [n_heads, n_kv, hd], |_, j| j * kvd);
 }
 
-/// One query row of one head: out = softmax(q k_j / sqrt(hd)) v_j over the keys and values starting at
-/// `slots` (in position order) of `k`/`v`. The order is fixed, so the result depends on nothing else:
-/// scores in position order (each a `dot8`), their max, exp and sum in order, the weighted sum of values in
-/// order, then one scale. `scores` is scratch.
-pub fn attend(
+/// Causal GQA attention of query rows `rows` (sequence, position) over keys and values of every position
+/// 0..=position of the row's sequence: `slot(seq, j)` is where position j's `[n_kv * hd]` key (and value)
+/// starts in `k` (and `v`). q and out are `[rows, n_heads * hd]`; rows of a sequence are consecutive, in
+/// position order. Every (row, head) gets exactly what `attend` gives it alone; the work runs in parallel
+/// over runs of up to 4 consecutive rows of one sequence times kv heads, which share their key/value loads.
+pub fn attention_rows(
     out: &mut [f32],
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    slots: impl Iterator<Item = usize> + Clone,
-    scores: &mut Vec<f32>,
+    rows: &[(usize, usize)],
+    [n_heads, n_kv, hd]: [usize; 3],
+    slot: impl Fn(usize, usize) -> usize + Sync,
 ) {
-    let hd = q.len();
-    let scale = 1.0 / (hd as f32).sqrt();
-    scores.clear();
-    scores.extend(slots.clone().map(|s| dot8(q, &k[s..][..hd]) * scale));
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    let (qd, group) = (n_heads * hd, n_heads / n_kv);
+    // Runs of rows: (first row, rows).
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut run_of = Vec::with_capacity(rows.len());
+    for (r, &(seq, _)) in rows.iter().enumerate() {
+        match runs.last_mut() {
+            Some((first, n)) if rows[*first].0 == seq && *n < 4 => *n += 1,
+            _ => runs.push((r, 1)),
+        }
+        run_of.push(runs.len() - 1);
     }
-    out.fill(0.0);
-    for (&e, s) in scores.iter().zip(slots) {
-        out.iter_mut().zip(&v[s..][..hd]).for_each(|(o, &x)| *o += e * x);
+    // Each unit's outputs, in (row, head) order.
+    let mut outs: Vec<Vec<&mut [f32]>> = (0..runs.len() * n_kv).map(|_| Vec::new()).collect();
+    for (u, o) in out.chunks_mut(hd).enumerate() {
+        let (r, h) = (u / n_heads, u % n_heads);
+        outs[run_of[r] * n_kv + h / group].push(o);
     }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
+    outs.into_par_iter().enumerate().for_each_init(Scratch::default, |sc, (u, mut o)| {
+        let ((first, n), g) = (runs[u / n_kv], u % n_kv);
+        let (seq, p0) = rows[first];
+        sc.slots.clear();
+        sc.slots.extend((0..p0 + n).map(|j| slot(seq, j) + g * hd));
+        sc.qs.clear();
+        sc.last.clear();
+        for r in first..first + n {
+            for h in g * group..(g + 1) * group {
+                sc.qs.push(r * qd + h * hd);
+                sc.last.push(rows[r].1);
+            }
+        }
+        attend(&mut o, q, k, v, sc);
+    });
 }
 
-/// A dot product in a fixed order: lane l sums a[k] b[k] for k = l (mod 8) in order, then a halving tree.
-/// Separate multiply and add (never fused), so every SIMD width gives the same bits.
+/// Per-thread buffers of `attention_rows`: a unit's key/value offsets, query offsets, last positions,
+/// scores and softmax scales.
+#[derive(Default)]
+struct Scratch {
+    slots: Vec<usize>,
+    qs: Vec<usize>,
+    last: Vec<usize>,
+    scores: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+/// Queries `q[sc.qs[i]..][..hd]` that share a kv head, each over the keys and values at `sc.slots[..=sc.last[i]]`
+/// of `k`/`v` (position order): out[i] = softmax(q k_j / sqrt(hd)) v_j. Each query's order is fixed, so its
+/// result depends on nothing else: scores in position order (each a `dot8`), their max, exp and sum in order,
+/// the weighted sum of values in position order, one scale; the queries only share the loads. Compiled for
+/// AVX2 where the CPU has it: separate multiplies and adds (never fused) in fixed lanes give the same bits at
+/// any vector width.
+fn attend(out: &mut [&mut [f32]], q: &[f32], k: &[f32], v: &[f32], sc: &mut Scratch) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Safety: the CPU has AVX2 (just checked).
+        return unsafe { attend_avx2(out, q, k, v, sc) };
+    }
+    attend_body(out, q, k, v, sc, dot8)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2(out: &mut [&mut [f32]], q: &[f32], k: &[f32], v: &[f32], sc: &mut Scratch) {
+    attend_body(out, q, k, v, sc, |a, b| dot8_avx2(a, b))
+}
+
+#[inline(always)]
+fn attend_body(
+    out: &mut [&mut [f32]],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    sc: &mut Scratch,
+    dot8: impl Fn(&[f32], &[f32]) -> f32,
+) {
+    let Scratch { slots, qs, last, scores, inv } = sc;
+    let (hd, len) = (out[0].len(), slots.len());
+    let scale = 1.0 / (hd as f32).sqrt();
+    scores.clear();
+    scores.resize(qs.len() * len, 0.0);
+    for (j, &s) in slots.iter().enumerate() {
+        let kj = &k[s..][..hd];
+        for (i, &qi) in qs.iter().enumerate() {
+            if j <= last[i] {
+                scores[i * len + j] = dot8(&q[qi..][..hd], kj) * scale;
+            }
+        }
+    }
+    inv.clear();
+    for (i, &l) in last.iter().enumerate() {
+        let row = &mut scores[i * len..][..=l];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        inv.push(1.0 / sum);
+    }
+    out.iter_mut().for_each(|o| o.fill(0.0));
+    for (j, &s) in slots.iter().enumerate() {
+        let vj = &v[s..][..hd];
+        for (i, o) in out.iter_mut().enumerate() {
+            if j <= last[i] {
+                let e = scores[i * len + j];
+                o.iter_mut().zip(vj).for_each(|(o, &x)| *o += e * x);
+            }
+        }
+    }
+    for (o, &f) in out.iter_mut().zip(inv.iter()) {
+        o.iter_mut().for_each(|o| *o *= f);
+    }
+}
+
+/// A dot product in a fixed order: lane l sums a[k] b[k] for k = l (mod 8) in order (the last partial chunk
+/// lane by lane), then a halving tree. Separate multiply and add (never fused), so `dot8_avx2` gives the same
+/// bits.
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail = ac.remainder().iter().zip(bc.remainder());
-    for (x, y) in ac.zip(bc) {
+    let full = a.len() - a.len() % 8;
+    for (x, y) in a[..full].chunks_exact(8).zip(b.chunks_exact(8)) {
         for l in 0..8 {
             lanes[l] += x[l] * y[l];
         }
     }
-    for (l, (x, y)) in tail.enumerate() {
+    dot8_finish(lanes, &a[full..], &b[full..])
+}
+
+/// `dot8` with one AVX register for the 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot8_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let full = a.len() - a.len() % 8;
+    assert!(b.len() >= full);
+    let mut acc = _mm256_setzero_ps();
+    for k in (0..full).step_by(8) {
+        // Safety: k + 8 <= full, within both slices (asserted above).
+        let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(k)), _mm256_loadu_ps(b.as_ptr().add(k))) };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+    }
+    let mut lanes = [0f32; 8];
+    // Safety: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    dot8_finish(lanes, &a[full..], &b[full..])
+}
+
+/// The tail (fewer than 8 values, lane by lane) and the halving tree of `dot8`.
+#[inline(always)]
+fn dot8_finish(mut lanes: [f32; 8], a: &[f32], b: &[f32]) -> f32 {
+    for (l, (x, y)) in a.iter().zip(b).enumerate() {
         lanes[l] += x * y;
     }
     let [a0, a1, a2, a3, a4, a5, a6, a7] = lanes;
@@ -213,5 +331,47 @@ pub fn causal_probs(qh: View, kh: View) -> Vec<f32> {
 pub fn scatter_rows(dst: &mut [f32], block: &[f32], width: usize, col: usize, stride: usize) {
     for (i, row) in block.chunks_exact(width).enumerate() {
         dst[i * stride + col..][..width].copy_from_slice(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The AVX2 attention path gives the portable path's bits (ragged head sizes, several queries).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn attend_avx2_equals_portable() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("SKIPPED attend_avx2_equals_portable: no AVX2");
+            return;
+        }
+        for hd in [1, 7, 8, 13, 64] {
+            let (k, v, q) = (values(40 * hd, 1), values(40 * hd, 2), values(3 * hd, 3));
+            let mut sc = Scratch {
+                slots: (0..40).map(|j| (j * 7 % 40) * hd).collect(),
+                qs: vec![0, hd, 2 * hd],
+                last: vec![5, 39, 0],
+                ..Default::default()
+            };
+            let (mut a, mut b) = (vec![0f32; 3 * hd], vec![0f32; 3 * hd]);
+            attend_body(&mut a.chunks_mut(hd).collect::<Vec<_>>(), &q, &k, &v, &mut sc, dot8);
+            // Safety: the CPU has AVX2 (checked above).
+            unsafe { attend_avx2(&mut b.chunks_mut(hd).collect::<Vec<_>>(), &q, &k, &v, &mut sc) };
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "hd {hd}");
+            assert!(a.iter().all(|x| x.is_finite()));
+        }
     }
 }

@@ -8,16 +8,15 @@
 //! rows whose logits are wanted.
 //!
 //! Batch invariance: every number computed for a row depends only on that row and on its own sequence's
-//! keys and values, through computations whose order is fixed (the row-wise product, `ops::attend`, the
-//! per-row norms), so a sequence's logits are bitwise the same alone or in any batch, its prompt fed at once
-//! or in chunks, or recomputed after a preemption.
+//! keys and values, through computations whose order is fixed (the row-wise product, the per-query
+//! attention of `ops::attention_rows`, the per-row norms), so a sequence's logits are bitwise the same alone
+//! or in any batch, its prompt fed at once or in chunks, or recomputed after a preemption.
 use super::model::CpuModel;
-use super::ops::{attend, rmsnorm};
+use super::ops::{attention_rows, rmsnorm};
 use super::rowwise;
 use crate::config::ModelConfig;
 use crate::model::{KvPool, StepBatch};
 use anyhow::{bail, ensure, Context, Result};
-use rayon::prelude::*;
 use std::any::Any;
 
 /// Keys and values of `num_blocks` blocks of `block_size` positions: per layer, `[num_blocks, block_size,
@@ -171,16 +170,9 @@ impl CpuModel {
                 pool.v[l][slot..][..kvd].copy_from_slice(&a.v[r * kvd..][..kvd]);
             }
             let pool = &*pool;
-            let (kl, vl) = (&pool.k[l], &pool.v[l]);
-            // One (row, head) per chunk of the output, each computed alone in a fixed order.
-            att.par_chunks_mut(c.head_dim).enumerate().for_each_init(Vec::new, |scores, (u, out)| {
-                let (r, h) = (u / c.num_heads, u % c.num_heads);
-                let (i, p) = at[r];
-                let kv_off = h / (c.num_heads / c.num_kv_heads) * c.head_dim;
-                let q = &a.q[r * qd + h * c.head_dim..][..c.head_dim];
-                let slots = (0..=p).map(|j| pool.slot(batch.seqs[i].block_table, j) + kv_off);
-                attend(out, q, kl, vl, slots, scores);
-            });
+            let shape = [c.num_heads, c.num_kv_heads, c.head_dim];
+            let slot = |i: usize, j: usize| pool.slot(batch.seqs[i].block_table, j);
+            attention_rows(&mut att, &a.q, &pool.k[l], &pool.v[l], &at, shape, slot);
             rowwise::linear(&mut x, &att, &w[layer.wo.clone()], t, qd, d, true);
             self.mlp_by(rowwise::linear, layer, &mut x);
         }
