@@ -27,7 +27,10 @@ fn main() -> Result<()> {
         .enumerate()
         .map(|(i, q)| {
             let samples = match i {
-                2 => vec![SamplingParams { temperature: 0.8, seed: 1, ..greedy }, SamplingParams { temperature: 0.8, seed: 2, ..greedy }],
+                2 => vec![
+                    SamplingParams { temperature: 0.8, seed: 1, ..greedy },
+                    SamplingParams { temperature: 0.8, seed: 2, ..greedy },
+                ],
                 _ => vec![greedy],
             };
             let prompt = tok.encode_chat(&[ChatMessage::new("user", q)])?;
@@ -54,7 +57,8 @@ fn main() -> Result<()> {
         seq_lens.push(tokens.len() - start);
         positions.extend(start + prompt.len() - 1..tokens.len() - 1);
     }
-    let scored = model.sequence_logprobs(Packed { tokens: &tokens, seq_lens: &seq_lens, positions: &positions }, 1.0)?;
+    let scored =
+        model.sequence_logprobs(Packed { tokens: &tokens, seq_lens: &seq_lens, positions: &positions }, 1.0)?;
     let generated: Vec<f32> = out.iter().take(2).flat_map(|s| s[0].logprobs.iter().copied()).collect();
     let worst = scored.iter().zip(&generated).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     println!("scored {} tokens; largest difference from the generation's log-probs: {worst:.2e}", scored.len());

@@ -169,7 +169,8 @@ impl Trainer {
                         continue; // nothing valid in this micro-batch: no pass
                     }
                     self.model.forward_backward(p.packed(), self.cfg.temperature, self.cfg.recompute, &mut loss_fn)?;
-                    let (loss, clip_frac, approx_kl, tokens) = stats_of_micro.context("the model never called the loss")?;
+                    let (loss, clip_frac, approx_kl, tokens) =
+                        stats_of_micro.context("the model never called the loss")?;
                     loss_sum += (loss * w) as f64;
                     clip_sum += clip_frac as f64 * tokens as f64;
                     kl_sum += approx_kl as f64 * tokens as f64;

@@ -9,7 +9,6 @@ use mappa::tokenizer::ChatMessage;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-
 const NEW: usize = 20;
 
 fn sampled(seed: u64) -> SamplingParams {
@@ -55,7 +54,8 @@ fn assert_same(what: &str, got: &Generation) {
 #[test]
 fn a_request_is_bitwise_the_same_alone_and_in_a_batch_of_32() {
     let (model, _) = common::smollm2();
-    let mut reqs: Vec<Request> = (0..32).filter(|&i| i != 5).map(|i| request(prompt(i), vec![sampled(i as u64)])).collect();
+    let mut reqs: Vec<Request> =
+        (0..32).filter(|&i| i != 5).map(|i| request(prompt(i), vec![sampled(i as u64)])).collect();
     reqs.insert(13, target());
     let lens: Vec<usize> = reqs.iter().map(|r| r.prompt.len()).collect();
     assert!(lens.iter().max().unwrap() > &(3 * lens.iter().min().unwrap()), "mixed lengths: {lens:?}");
@@ -70,10 +70,7 @@ fn prefix_sharing_does_not_change_a_request() {
     // block), and a longer prompt that starts with the target's.
     let mut longer = prompt(5);
     longer.extend(prompt(1));
-    let reqs = vec![
-        request(prompt(5), vec![sampled(1), sampled(77), sampled(2)]),
-        request(longer, vec![sampled(3)]),
-    ];
+    let reqs = vec![request(prompt(5), vec![sampled(1), sampled(77), sampled(2)]), request(longer, vec![sampled(3)])];
     let out = generate_batch(model, reqs, &EngineConfig::default()).unwrap();
     assert_same("as the second sample of a shared prompt", &out[0][1]);
     assert_ne!(out[0][0].tokens, out[0][1].tokens, "samples with other seeds differ");

@@ -1,8 +1,8 @@
 //! Task data (`mappa::data`): JSONL loading and its errors, the holdout/train-sample split, the per-step
 //! task sampler; and evaluation summaries (`mappa::eval`) on hand-made episodes with known numbers.
 use mappa::data::{field, load_tasks, train_split, TaskSampler, HOLDOUT_NAME};
-use mappa::eval::summarize;
 use mappa::engine::FinishReason;
+use mappa::eval::summarize;
 use mappa::rollout::{ActionRecord, Episode};
 use mappa::run_config::{DataConfig, RunConfig};
 use std::collections::HashSet;

@@ -7,7 +7,6 @@ use mappa::engine::generate;
 use mappa::sample::SamplingParams;
 use serde_json::Value;
 
-
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }

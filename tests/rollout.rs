@@ -6,11 +6,12 @@
 mod common;
 
 use mappa::cpu::CpuBackend;
-use mappa::model::Model;
 use mappa::data::Task;
 use mappa::engine::{FinishReason, Generation};
+use mappa::model::Model;
 use mappa::rollout::{
-    coach_request, extract_python_code, run_episodes, strip_think, user_turn_delta, Episode, GenRequest, Generator, Phase,
+    coach_request, extract_python_code, run_episodes, strip_think, user_turn_delta, Episode, GenRequest, Generator,
+    Phase,
 };
 use mappa::run_config::{RunConfig, WorkdirScope};
 use mappa::tokenizer::{Tokenizer, TokenizerSpec};

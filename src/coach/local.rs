@@ -60,7 +60,11 @@ impl CoachBackend for LocalCoach {
         self.reply_all(&[(req, messages)], 1).pop().expect("one reply").0
     }
 
-    fn reply_all(&self, exchanges: &[(&CoachRequest, &[ChatMessage])], _concurrency: usize) -> Vec<(Result<String>, f64)> {
+    fn reply_all(
+        &self,
+        exchanges: &[(&CoachRequest, &[ChatMessage])],
+        _concurrency: usize,
+    ) -> Vec<(Result<String>, f64)> {
         let start = Instant::now();
         // Prompts that cannot be built fail alone; the rest run as one batch.
         let built: Vec<Result<Request>> = exchanges.iter().map(|(_, m)| self.request(m)).collect();

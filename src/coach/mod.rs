@@ -79,7 +79,11 @@ pub trait CoachBackend: Send + Sync {
     /// Replies to many exchanges, in order, each with its latency in milliseconds. The default runs `reply`
     /// on up to `concurrency` plain threads (not rayon: the calls block on I/O and must not occupy the
     /// compute pool); a local model answers them as one batch instead.
-    fn reply_all(&self, exchanges: &[(&CoachRequest, &[ChatMessage])], concurrency: usize) -> Vec<(Result<String>, f64)> {
+    fn reply_all(
+        &self,
+        exchanges: &[(&CoachRequest, &[ChatMessage])],
+        concurrency: usize,
+    ) -> Vec<(Result<String>, f64)> {
         let next = AtomicUsize::new(0);
         let worker = || {
             let mut done = Vec::new();

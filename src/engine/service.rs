@@ -12,7 +12,10 @@ use std::thread::JoinHandle;
 /// What a submitted sequence hears.
 #[derive(Debug)]
 pub enum Update {
-    Token { id: u32, logprob: f32 },
+    Token {
+        id: u32,
+        logprob: f32,
+    },
     Done(Generation),
     /// The request was refused, or the step it was in failed.
     Failed(String),

@@ -16,16 +16,16 @@
 //! After the rollout, [`coach_request`] turns any action into what the coach scores.
 mod coach;
 mod context;
-mod generator;
 mod episode;
+mod generator;
 mod prompt;
 mod text;
 mod workdir;
 
 pub use coach::coach_request;
 pub use context::{user_turn_delta, ChatContext, UserTurnDelta};
-pub use generator::{GenRequest, Generator};
 pub use episode::{run_episodes, Phase};
+pub use generator::{GenRequest, Generator};
 pub use prompt::{AgentPrompts, PromptInputs};
 pub use text::{extract_python_code, strip_think};
 pub use workdir::{agent_dir, episode_dir, list_files};

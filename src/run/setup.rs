@@ -4,8 +4,8 @@
 use super::{checkpoint, Run};
 use crate::coach::MATHCHAT_TEMPLATE;
 use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
-use crate::model::{self, Backend, BackendChoice};
 use crate::data::{load_tasks, train_split, TaskSampler, HOLDOUT_NAME};
+use crate::model::{self, Backend, BackendChoice};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
 use crate::run_config::{CoachBackend, LrSchedule as Schedule, RunConfig};
 use crate::tokenizer::Tokenizer;
@@ -178,8 +178,13 @@ pub fn build_coach(cfg: &RunConfig, run_dir: &Path, backend: Backend) -> Result<
             Coach::new(HttpCoach::new(hc)?, prompt, log)
         }
         CoachBackend::Local => {
-            let local =
-                LocalCoach::load(Path::new(&model()?), backend, c.max_tokens, c.temperature as f32, c.reply_prefix.clone())?;
+            let local = LocalCoach::load(
+                Path::new(&model()?),
+                backend,
+                c.max_tokens,
+                c.temperature as f32,
+                c.reply_prefix.clone(),
+            )?;
             Coach::new(local, prompt, log)
         }
         CoachBackend::Rule => {
