@@ -1,11 +1,11 @@
 //! Batch-invariant matrix products for inference: y = x W^T (PyTorch's `[out, in]` weights), where every
-//! output y[i, o] is one fixed computation on the two vectors x_i and W_o alone. It never depends on how
+//! output `y[i, o]` is one fixed computation on the two vectors x_i and W_o alone. It never depends on how
 //! many rows x has, where a row sits in a tile, how outputs are split over threads, or which CPU path runs,
 //! so a sequence's logits are bitwise the same alone or in any batch, its prompt fed at once or in chunks.
 //!
-//! The computation (`dot` is its definition): 16 lanes, lane l accumulates x[k] * w[k] for k = l, l + 16,
+//! The computation (`dot` is its definition): 16 lanes, lane l accumulates `x[k] * w[k]` for k = l, l + 16,
 //! ... in order with fused multiply-adds, the last partial chunk padded with zeros; then the lanes are
-//! summed by a fixed halving tree (l[j] + l[j + 8], then + 4, + 2, + 1).
+//! summed by a fixed halving tree (`l[j] + l[j + 8]`, then + 4, + 2, + 1).
 //!
 //! Speed: both operands are k-contiguous, so the AVX-512 kernel computes a tile of 4 x rows by 4 W rows (16
 //! zmm accumulators) in one pass over k, loading each weight once per 4 rows, and reduces the 16 sums
