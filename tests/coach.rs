@@ -2,9 +2,11 @@
 //! coach, and the HTTP backend against a tiny in-test server (retries, Retry-After, timeouts, auth,
 //! the in-flight limit). The server serves at most a fixed number of connections and stops by itself.
 use anyhow::{bail, Result};
+mod common;
 use mappa::coach::{
     parse_score, truncate_middle, Coach, CoachBackend, CoachLog, CoachOutcome, CoachPrompt, CoachRequest, HttpCoach,
-    HttpCoachConfig, OtherAgents, ParseError, RuleCoach, NO_TOOL_OUTPUT,
+    HttpCoachConfig, LocalCoach, OtherAgents, ParseError, RuleCoach, DEFAULT_TOOL_OUTPUT_LIMIT, MATHCHAT_TEMPLATE,
+    NO_TOOL_OUTPUT,
 };
 use mappa::tokenizer::ChatMessage;
 use serde_json::{json, Value};
@@ -596,4 +598,30 @@ fn http_concurrency_limit_holds() {
     assert_eq!(outcomes, vec![scored(1.0, 1); 8]);
     assert_eq!(server.requests().len(), 8);
     assert_eq!(server.shared.max_active.load(Ordering::SeqCst), 2, "at most 2 in flight, and both used");
+}
+
+/// The local coach answers a batch of prompts as one engine batch, and each reply is exactly what the same
+/// prompt gets alone; the reply prefix starts every reply, so the strict parser sees the whole answer.
+#[test]
+fn local_coach_batch_replies_equal_single_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = common::tiny_chat_model(5);
+    m.config.max_position_embeddings = 2048;
+    mappa::hf::write_dir(&m, dir.path(), mappa::tensor::DType::F32).unwrap();
+    let prefix = "PROCESS_SCORE: ".to_string();
+    let coach = LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, 3, 0.0, Some(prefix.clone())).unwrap();
+    let prompt = CoachPrompt::new(MATHCHAT_TEMPLATE, DEFAULT_TOOL_OUTPUT_LIMIT).unwrap();
+    let reqs: Vec<CoachRequest> =
+        ["2 + 3 = 5", "the answer is 7", "\\boxed{5}"].iter().map(|out| request("solver", out)).collect();
+    let messages: Vec<Vec<ChatMessage>> = reqs.iter().map(|r| prompt.render(r).unwrap()).collect();
+    let exchanges: Vec<(&CoachRequest, &[ChatMessage])> =
+        reqs.iter().zip(&messages).map(|(r, m)| (r, m.as_slice())).collect();
+    let batched: Vec<String> = coach.reply_all(&exchanges, 1).into_iter().map(|(r, _)| r.unwrap()).collect();
+    for (m, b) in messages.iter().zip(&batched) {
+        assert!(b.starts_with(&prefix), "{b:?}");
+        assert_eq!(&coach.complete(m).unwrap(), b, "a batched reply equals the prompt's reply alone");
+    }
+    // Scoring goes through the same path: one outcome per action, in order.
+    let outcomes = Coach::new(coach, prompt, None).score_all(reqs, 1);
+    assert_eq!(outcomes.len(), 3);
 }
