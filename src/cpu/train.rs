@@ -117,10 +117,10 @@ impl CpuModel {
         self.check_tokens(tokens)?;
         let total: usize = seq_lens.iter().sum();
         ensure!(total == tokens.len(), "sequence lengths sum to {total}, but {} tokens were given", tokens.len());
-        let c = &self.config;
-        if let Some(&len) = seq_lens.iter().find(|&&l| l > c.max_position_embeddings) {
-            anyhow::bail!("a sequence of {len} tokens exceeds the model's {} positions", c.max_position_embeddings);
+        for &len in seq_lens {
+            self.check_end(len)?;
         }
+        let c = &self.config;
         let (cos, sin) = self.packed_rope(seq_lens);
         let mut x = self.embed(tokens);
         let mut layers = Vec::with_capacity(self.layers.len());
