@@ -34,12 +34,21 @@ pub struct EngineService {
 }
 
 impl EngineService {
-    /// Starts the engine thread, which owns `model`.
+    /// Starts the engine thread, which owns `model`; a configuration the engine refuses is an error here,
+    /// not on the first request.
     pub fn spawn(model: Box<dyn Model>, cfg: EngineConfig) -> Result<(EngineService, JoinHandle<()>)> {
         let (tx, rx) = channel();
-        // Build the engine here, so a bad configuration is an error now rather than on the first request.
-        Engine::new(model.as_ref(), cfg.clone())?;
-        let thread = std::thread::Builder::new().name("engine".into()).spawn(move || run(model, cfg, rx))?;
+        let (ready_tx, ready_rx) = channel();
+        let thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
+            match Engine::new(model.as_ref(), cfg) {
+                Ok(engine) => {
+                    drop(ready_tx.send(Ok(())));
+                    run(engine, rx);
+                }
+                Err(e) => drop(ready_tx.send(Err(e))),
+            }
+        })?;
+        ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while starting"))??;
         Ok((EngineService { tx }, thread))
     }
 
@@ -51,11 +60,7 @@ impl EngineService {
     }
 }
 
-fn run(model: Box<dyn Model>, cfg: EngineConfig, rx: Receiver<Submission>) {
-    let mut engine = match Engine::new(model.as_ref(), cfg) {
-        Ok(e) => e,
-        Err(_) => return, // spawn() built the same engine successfully; nothing else can fail here
-    };
+fn run(mut engine: Engine, rx: Receiver<Submission>) {
     let mut senders: HashMap<SeqId, Sender<Update>> = HashMap::new();
     loop {
         // Wait while idle; otherwise take whatever arrived and go on stepping.
