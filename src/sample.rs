@@ -61,18 +61,24 @@ pub fn uniform(seed: u64, index: u64) -> f64 {
 fn draw(scaled: &[f32], lse: f32, p: &SamplingParams, index: u64) -> usize {
     let mut cand: Vec<(usize, f32)> = scaled.iter().map(|&l| (l - lse).exp()).enumerate().collect();
     let by_prob = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if p.top_k > 0 && p.top_k < cand.len() {
+    let cut_k = p.top_k > 0 && p.top_k < cand.len();
+    if cut_k {
         cand.select_nth_unstable_by(p.top_k - 1, by_prob);
         cand.truncate(p.top_k);
     }
-    if p.top_p < 1.0 {
+    // The walk goes by (prob desc, index asc) whenever a cut is made (select_nth leaves the kept tokens in an
+    // unspecified order), in index order otherwise; kernels/sample.cu walks the same way.
+    if cut_k || p.top_p < 1.0 {
         cand.sort_unstable_by(by_prob);
-        // Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        let total: f32 = cand.iter().map(|c| c.1).sum();
-        let mut acc = 0.0;
+    }
+    if p.top_p < 1.0 {
+        // Keep the smallest prefix whose mass reaches top_p (always at least one token). Summed in f64: an f32
+        // running sum over a 152k vocabulary drifts by ~1e-4 of the mass and moves the cut.
+        let total: f64 = cand.iter().map(|c| c.1 as f64).sum();
+        let mut acc = 0.0f64;
         let keep = cand.iter().position(|c| {
-            acc += c.1;
-            acc >= p.top_p * total
+            acc += c.1 as f64;
+            acc >= p.top_p as f64 * total
         });
         cand.truncate(keep.map_or(cand.len(), |i| i + 1));
     }
