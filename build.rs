@@ -1,7 +1,9 @@
 //! Compiles every kernels/*.cu to PTX with nvcc and embeds the text through OUT_DIR/kernels.rs.
 //!
 //! Two targets per kernel: compute_90 (Hopper; the driver JITs it to sm_90) and compute_80 (A100 and
-//! anything newer that lacks the sm_90 path). nvcc is looked up in $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin,
+//! anything newer that lacks the sm_90 path). Each kernel's sm_90 PTX is also assembled by ptxas with its
+//! verbose report (OUT_DIR/<stem>.ptxas.txt, embedded as `kernels::PTXAS_SM90`); a register spill fails the
+//! build. nvcc is looked up in $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin,
 //! PATH, the cache tools/setup.sh fills ($MAPPA_HOME or ~/.cache/mappa) and /usr/local/cuda/bin.
 //! Without nvcc the build prints a cargo warning and goes on CPU-only; REQUIRE_CUDA_KERNELS=1 (set by CI)
 //! turns that into an error so a missing toolchain can never pass unnoticed.
@@ -30,6 +32,32 @@ fn find_nvcc() -> Option<PathBuf> {
     }
     candidates.push("/usr/local/cuda/bin/nvcc".into());
     candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Assembles one kernel file's PTX for sm_90 with ptxas's verbose report, which lands in
+/// OUT_DIR/<stem>.ptxas.txt; a register spill in any kernel fails the build (every kernel here is on a hot
+/// path, and a spill is local-memory traffic on each call). The PTX stays what is embedded: the driver JITs
+/// it, and this pass is the check that it assembles cleanly.
+fn assemble(nvcc: &std::path::Path, ptx: &std::path::Path, stem: &str) {
+    let ptxas = nvcc.with_file_name("ptxas");
+    let o = Command::new(&ptxas)
+        .args(["-arch=sm_90", "-O3", "-v", "-o", "/dev/null"])
+        .arg(ptx)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", ptxas.display()));
+    let report = String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = ptx.with_file_name(format!("{stem}.ptxas.txt"));
+    fs::write(&out, &report).expect("write the ptxas report");
+    if !o.status.success() {
+        panic!("ptxas failed on kernels/{stem}.cu (sm_90):\n{report}");
+    }
+    let spills: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("spill stores") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads"))
+        .collect();
+    if !spills.is_empty() {
+        panic!("kernels/{stem}.cu spills registers on sm_90 (report: {}):\n{report}", out.display());
+    }
 }
 
 fn main() {
@@ -74,6 +102,9 @@ fn main() {
                     if !o.status.success() {
                         panic!("nvcc failed on {} ({arch}):\n{}", src.display(), String::from_utf8_lossy(&o.stderr));
                     }
+                    if *tag == "sm90" {
+                        assemble(nvcc, &dst, stem);
+                    }
                 })
             })
             .collect();
@@ -91,6 +122,12 @@ fn main() {
         }
         rs += "];\n";
     }
+    rs += "pub const PTXAS_SM90: &[(&str, &str)] = &[\n";
+    for src in &sources {
+        let stem = src.file_stem().unwrap().to_str().unwrap();
+        rs += &format!("    ({stem:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.ptxas.txt\"))),\n");
+    }
+    rs += "];\n";
     let version = Command::new(&nvcc)
         .arg("--version")
         .output()

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use mappa::engine::{generate, generate_batch, EngineConfig, Request};
-use mappa::model::BackendChoice;
+use mappa::model::{BackendChoice, Work};
 use mappa::run::{Open, Run};
 use mappa::run_config::RunConfig;
 use mappa::sample::SamplingParams;
@@ -143,9 +143,11 @@ fn run(cli: Cli) -> Result<()> {
                     None => "none".into(),
                 }
             );
-            match mappa::model::cuda_unavailable() {
-                None => println!("backend (auto): cuda"),
-                Some(why) => println!("backend (auto): cpu, since {why}"),
+            for (work, what) in [(Work::Inference, "generate, serve"), (Work::Training, "train")] {
+                match mappa::model::cuda_unavailable(work) {
+                    None => println!("backend (auto) for {what}: cuda"),
+                    Some(why) => println!("backend (auto) for {what}: cpu, since {why}"),
+                }
             }
             println!("cpu threads: {}", rayon::current_num_threads());
             Ok(())
@@ -174,7 +176,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
-    let backend = mappa::model::resolve_and_report(a.device, "mappa generate")?;
+    let backend = mappa::model::resolve_and_report(a.device, mappa::model::Work::Inference, "mappa generate")?;
     let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     params.validate()?;
     let loaded = mappa::loader::load(&a.model)?;

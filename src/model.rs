@@ -21,7 +21,7 @@ use crate::loader::LoadedModel;
 use crate::optim::AdamWConfig;
 use crate::sample::SamplingParams;
 use crate::tensor::Weights;
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::path::Path;
@@ -54,23 +54,35 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// Why the CUDA backend cannot run in this process, or None when it can.
-pub fn cuda_unavailable() -> Option<String> {
+/// What a backend is chosen for: the CUDA backend can generate but cannot train yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Generation only (`generate`, `serve`).
+    Inference,
+    /// Generation and training with the same weights (`train`).
+    Training,
+}
+
+/// Why the CUDA backend cannot do `work` in this process, or None when it can.
+pub fn cuda_unavailable(work: Work) -> Option<String> {
     if !crate::kernels::BUILT {
         return Some("this build has no CUDA kernels (nvcc was not found when it was compiled)".into());
     }
     if crate::cuda::device().is_none() {
         return Some("no CUDA device is visible (no driver, or no GPU)".into());
     }
-    // The kernels and the device are there; the bf16 model behind this interface is the CUDA inference
-    // issue's work and does not exist yet.
-    Some("the CUDA model backend is not implemented yet; only its kernels are".into())
+    match work {
+        Work::Inference => None,
+        Work::Training => {
+            Some("the CUDA backend cannot train yet (its training half is the CUDA training issue's work)".into())
+        }
+    }
 }
 
-/// The backend `choice` resolves to here: `auto` takes CUDA when it can run, else the CPU; an explicit
-/// `cuda` that cannot run is an error that says why.
-pub fn resolve(choice: BackendChoice) -> Result<Backend> {
-    match (choice, cuda_unavailable()) {
+/// The backend `choice` resolves to for `work`: `auto` takes CUDA when it can do the work, else the CPU; an
+/// explicit `cuda` that cannot is an error that says why.
+pub fn resolve(choice: BackendChoice, work: Work) -> Result<Backend> {
+    match (choice, cuda_unavailable(work)) {
         (BackendChoice::Cpu, _) | (BackendChoice::Auto, Some(_)) => Ok(Backend::Cpu),
         (BackendChoice::Auto | BackendChoice::Cuda, None) => Ok(Backend::Cuda),
         (BackendChoice::Cuda, Some(why)) => bail!("the CUDA backend was asked for, but {why}; use the cpu backend"),
@@ -78,9 +90,9 @@ pub fn resolve(choice: BackendChoice) -> Result<Backend> {
 }
 
 /// `resolve`, saying on stderr which backend was chosen and, for `auto` on the CPU, why not CUDA.
-pub fn resolve_and_report(choice: BackendChoice, what: &str) -> Result<Backend> {
-    let b = resolve(choice)?;
-    match (choice, b, cuda_unavailable()) {
+pub fn resolve_and_report(choice: BackendChoice, work: Work, what: &str) -> Result<Backend> {
+    let b = resolve(choice, work)?;
+    match (choice, b, cuda_unavailable(work)) {
         (BackendChoice::Auto, Backend::Cpu, Some(why)) => eprintln!("{what}: backend cpu (auto: {why})"),
         _ => eprintln!("{what}: backend {b}"),
     }
@@ -91,8 +103,54 @@ pub fn resolve_and_report(choice: BackendChoice, what: &str) -> Result<Backend> 
 pub fn load(m: &LoadedModel, backend: Backend) -> Result<Box<dyn Model>> {
     match backend {
         Backend::Cpu => Ok(Box::new(crate::cpu::CpuBackend::new(m)?)),
-        Backend::Cuda => bail!("the CUDA backend cannot run: {}", cuda_unavailable().unwrap_or_default()),
+        Backend::Cuda => Ok(Box::new(crate::cuda::model::CudaModel::new(m)?)),
     }
+}
+
+/// Errors on an empty input or an id outside the vocabulary.
+pub fn check_tokens(cfg: &ModelConfig, tokens: &[u32]) -> Result<()> {
+    if tokens.is_empty() {
+        bail!("forward needs at least one token");
+    }
+    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+        bail!("token id {bad} is outside the vocabulary (size {})", cfg.vocab_size);
+    }
+    Ok(())
+}
+
+/// Errors when a sequence of `end` positions exceeds the model's.
+pub fn check_end(cfg: &ModelConfig, end: usize) -> Result<()> {
+    let max = cfg.max_position_embeddings;
+    if end > max {
+        bail!("a sequence of {end} positions exceeds the model's {max}");
+    }
+    Ok(())
+}
+
+/// Errors on anything in `batch` that does not fit the model or `pool`: both backends check a step with it
+/// before they write anything.
+pub fn check_step(cfg: &ModelConfig, pool: &dyn KvPool, batch: &StepBatch) -> Result<()> {
+    let (nb, bs) = (pool.num_blocks(), pool.block_size());
+    if let Some((from, to)) = batch.copies.iter().find(|&&(f, t)| f as usize >= nb || t as usize >= nb) {
+        bail!("block copy {from} -> {to} is outside the pool of {nb} blocks");
+    }
+    for (i, s) in batch.seqs.iter().enumerate() {
+        let at = || format!("sequence {i} of the step");
+        check_tokens(cfg, s.tokens).with_context(at)?;
+        let end = s.pos.saturating_add(s.tokens.len());
+        check_end(cfg, end).with_context(at)?;
+        let need = end.div_ceil(bs);
+        ensure!(
+            s.block_table.len() >= need,
+            "{}: {end} positions need {need} blocks of {bs}, the block table has {}",
+            at(),
+            s.block_table.len()
+        );
+        if let Some(b) = s.block_table[..need].iter().find(|&&b| b as usize >= nb) {
+            bail!("{}: block {b} is outside the pool of {nb} blocks", at());
+        }
+    }
+    Ok(())
 }
 
 /// A backend's key/value storage: `num_blocks` blocks of `block_size` positions, every layer's keys and
@@ -162,6 +220,11 @@ pub trait Model: Send + Sync {
 
     /// Bytes one KV block of `block_size` positions takes (keys and values of every layer).
     fn kv_block_bytes(&self, block_size: usize) -> usize;
+    /// Free bytes of the memory the KV pool would take, where the backend has memory of its own (a GPU);
+    /// None on the CPU, where the engine's `kv_bytes` budget applies.
+    fn free_memory(&self) -> Option<usize> {
+        None
+    }
     fn new_kv_pool(&self, num_blocks: usize, block_size: usize) -> Result<Box<dyn KvPool>>;
     /// Runs one batched step (see [`StepBatch`]); one entry per sequence, `Some` where it asked to sample.
     fn step(&self, kv: &mut dyn KvPool, batch: &StepBatch) -> Result<Vec<Option<Sampled>>>;
@@ -184,5 +247,5 @@ pub trait Model: Send + Sync {
     fn optimizer_step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32>;
 
     /// A host copy of the weights in f32, by Hugging Face name: what a checkpoint writes.
-    fn weights(&self) -> Weights;
+    fn weights(&self) -> Result<Weights>;
 }

@@ -90,7 +90,7 @@ struct Served {
 
 impl Served {
     fn load(a: &ServeArgs) -> Result<Served> {
-        let backend = crate::model::resolve_and_report(a.device, "mappa serve")?;
+        let backend = crate::model::resolve_and_report(a.device, crate::model::Work::Inference, "mappa serve")?;
         let loaded = crate::loader::load(&a.model)?;
         let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
         let model = crate::model::load(&loaded, backend)

@@ -163,8 +163,8 @@ impl Model for Fake {
     fn optimizer_step(&mut self, _: f32, _: f32) -> Result<f32> {
         bail!("not a real model")
     }
-    fn weights(&self) -> Weights {
-        Weights::default()
+    fn weights(&self) -> Result<Weights> {
+        Ok(Weights::default())
     }
 }
 
@@ -199,7 +199,7 @@ fn request(prompt: Vec<u32>, max_new_tokens: usize, samples: Vec<SamplingParams>
 }
 
 fn cfg(block_size: usize, num_blocks: usize, max_batch_tokens: usize, max_seqs: usize) -> EngineConfig {
-    EngineConfig { block_size, num_blocks: Some(num_blocks), kv_bytes: 0, max_batch_tokens, max_seqs }
+    EngineConfig { block_size, num_blocks: Some(num_blocks), kv_bytes: 0, kv_fraction: 0.5, max_batch_tokens, max_seqs }
 }
 
 /// Steps until idle (within a bound, so a stuck engine fails), checking the invariants after each step;
@@ -313,7 +313,14 @@ fn property(seed: u64, events: usize) -> (u64, u64, u64) {
     }
     assert_eq!(engine.used_blocks(), 0, "blocks leaked");
     // Alone, in a pool that never runs out.
-    let solo = EngineConfig { block_size: 16, num_blocks: None, kv_bytes: 1 << 20, max_batch_tokens: 512, max_seqs: 8 };
+    let solo = EngineConfig {
+        block_size: 16,
+        num_blocks: None,
+        kv_bytes: 1 << 20,
+        kv_fraction: 0.5,
+        max_batch_tokens: 512,
+        max_seqs: 8,
+    };
     let mut alone: Vec<Vec<Generation>> = Vec::new();
     for req in &requests {
         let mut engine = Engine::new(&model, solo).unwrap();

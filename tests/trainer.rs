@@ -37,7 +37,7 @@ fn logprobs(m: &dyn Model, tokens: &[u32], from: usize) -> Vec<f32> {
 
 /// The model's weights, flat, for exact comparisons.
 fn flat(m: &dyn Model) -> Vec<f32> {
-    m.weights().tensors.values().flat_map(|t| t.to_f32()).collect()
+    m.weights().unwrap().tensors.values().flat_map(|t| t.to_f32()).collect()
 }
 
 /// A sample whose old log-probs are the model's own (as after a rollout with these weights).
@@ -113,7 +113,7 @@ fn same_seed_same_weights_and_resume_continues_exactly() {
     // Save after one step, rebuild from the saved weights and optimizer state, take the next step both ways.
     a.save_optimizer(&dir.path().join("opt.safetensors")).unwrap();
     let mut loaded = common::tiny_model(Arch::Qwen2, 7);
-    loaded.weights = a.model.weights();
+    loaded.weights = a.model.weights().unwrap();
     let resumed_model = Box::new(CpuBackend::new(&loaded).unwrap());
     let mut resumed =
         Trainer::new(resumed_model, config(1e-3, 4096), Some(&dir.path().join("opt.safetensors"))).unwrap();

@@ -1,36 +1,91 @@
 #!/usr/bin/env bash
-# gpu-check.sh: every GPU test (and, as they land, GPU benchmark) in one call, for the device machine,
-# which has CUDA but no Rust toolchain.
-#   here:   bash tools/gpu-check.sh build   # release test binaries -> .gpu-bin/ (git-ignored; carry it)
-#   device: bash tools/gpu-check.sh run     # runs them, full logs under $OUT (or ./gpu-logs), a table at the end
+# gpu-check.sh: every GPU test and benchmark in one call on the device machine (CUDA, no Rust), a table at
+# the end, full logs under $OUT.
+#
+#   here:   bash tools/gpu-check.sh build      # release binaries -> .gpu-bin/, the SmolLM2 GGUF in two
+#                                              # halves -> .gpu-model/1 and .gpu-model/2 (all git-ignored)
+#   device: bash tools/gpu-check.sh stage 1    # carry .gpu-model/1: keeps it on the warm machine
+#           bash tools/gpu-check.sh stage 2    # carry .gpu-model/2 (the machine must still be warm)
+#           bash tools/gpu-check.sh run        # carry .gpu-bin: tests, memcheck, benches, peer, table
+#
+# The carry limit is 64 MiB a call, so the 98 MB model travels in two calls before the run; `run` refuses
+# to start without it. Benchmark lines land in $OUT/generate.jsonl, joined with the transformers peer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.gpu-bin
+STAGE=/tmp/mappa-gpu-stage   # survives between calls while the device machine stays warm
+TESTS=(cuda_kernels cuda_attention cuda_sample cuda_model)
 case "${1:-}" in
 build)
-  rm -rf "$BIN" && mkdir -p "$BIN"
-  REQUIRE_CUDA_KERNELS=1 cargo test --release --no-run --message-format=json --test cuda_kernels \
+  rm -rf "$BIN" .gpu-model && mkdir -p "$BIN" .gpu-model
+  targets=(); for t in "${TESTS[@]}"; do targets+=(--test "$t"); done
+  REQUIRE_CUDA_KERNELS=1 cargo test --release --no-run --message-format=json "${targets[@]}" \
     | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' \
-    | while read -r name exe; do cp "$exe" "$BIN/$name" && strip "$BIN/$name"; done  # carry limit: 64 MiB
-  ls -la "$BIN"
+    | while read -r name exe; do cp "$exe" "$BIN/$name"; done
+  REQUIRE_CUDA_KERNELS=1 cargo bench --no-run --message-format=json --bench cuda_generate \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])' \
+    | while read -r exe; do cp "$exe" "$BIN/cuda_generate"; done
+  REQUIRE_CUDA_KERNELS=1 cargo build --release --bin mappa && cp target/release/mappa "$BIN/mappa"
+  strip "$BIN"/*
+  git rev-parse --short HEAD > "$BIN/commit"
+  gguf="${MAPPA_HOME:-$HOME/.cache/mappa}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  split -n 2 -d -a 1 "$gguf" .gpu-model/part && mkdir .gpu-model/1 .gpu-model/2 \
+    && mv .gpu-model/part0 .gpu-model/1/ && mv .gpu-model/part1 .gpu-model/2/
+  du -sh "$BIN" .gpu-model/1 .gpu-model/2
+  ;;
+stage)
+  mkdir -p "$STAGE" && cp .gpu-model/"$2"/part* "$STAGE"/ && ls -la "$STAGE"
   ;;
 run)
   logs="${OUT:-gpu-logs}"; mkdir -p "$logs"
+  [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] || { echo "model not staged: run 'stage 1' and 'stage 2' first" >&2; exit 2; }
+  export MAPPA_HOME="$STAGE/home" MAPPA_COMMIT="$(cat "$BIN/commit")" MAPPA_DATE="$(date -u +%F)"
+  mkdir -p "$MAPPA_HOME/models" && cat "$STAGE/part0" "$STAGE/part1" > "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/device.txt" || true
   rows=()
-  for t in "$BIN"/*; do
-    name=$(basename "$t")
-    if "$t" --test-threads=1 > "$logs/$name.log" 2>&1; then status=ok; else status=FAILED; fi
+  for name in "${TESTS[@]}"; do
+    if "$BIN/$name" --test-threads=1 > "$logs/$name.log" 2>&1; then status=ok; else status=FAILED; fi
     summary=$(grep -E '^test result:' "$logs/$name.log" | tail -1 | sed 's/test result: //')
     skipped=$(grep -c '^SKIPPED' "$logs/$name.log" || true)
-    rows+=("$(printf '%-20s %-7s skipped %-3s %s' "$name" "$status" "$skipped" "$summary")")
+    rows+=("$(printf '%-22s %-7s skipped %-3s %s' "$name" "$status" "$skipped" "$summary")")
   done
+  # The kernel tests once more under compute-sanitizer's memcheck (out-of-bounds and misaligned accesses).
+  for name in cuda_kernels cuda_attention cuda_sample; do
+    if compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.memcheck.log" 2>&1; then
+      status=ok; else status=FAILED; fi
+    rows+=("$(printf '%-22s %-7s %s' "$name:memcheck" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.memcheck.log" | tail -1)")")
+  done
+  # Benchmarks: ours, then the transformers peer on the same prompts, joined by batch.
+  BENCH_PROMPTS="$logs/prompts.json" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
+    && status=ok || status=FAILED
+  rows+=("$(printf '%-22s %-7s' cuda_generate "$status")")
+  "$BIN/mappa" convert "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$STAGE/hf" --dtype bf16 > "$logs/convert.log" 2>&1 \
+    && python3 tools/peer_generate.py "$STAGE/hf" "$logs/prompts.json" > "$logs/peer.jsonl" 2> "$logs/peer.log" \
+    && status=ok || status=FAILED
+  rows+=("$(printf '%-22s %-7s' transformers_peer "$status")")
+  python3 - "$logs" <<'PY'
+import json, sys, pathlib
+d = pathlib.Path(sys.argv[1])
+read = lambda f: [json.loads(l) for l in (d / f).read_text().splitlines() if l.startswith("{")] if (d / f).exists() else []
+peer = {p["batch"]: p["tokens_per_s"] for p in read("peer.jsonl")}
+with open(d / "generate.jsonl", "w") as out:
+    for m in read("ours.jsonl"):
+        if m["name"] == "generate":
+            m["peer_tokens_per_s"] = peer.get(m["batch"])
+        out.write(json.dumps(m) + "\n")
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()
+                        if k not in ("device", "commit", "date")))
+PY
   printf '\n%s\n' "---- gpu-check summary ----"; printf '%s\n' "${rows[@]}"
   ! printf '%s\n' "${rows[@]}" | grep -q FAILED
   ;;
-*) echo "usage: $0 build|run" >&2; exit 2 ;;
+*) echo "usage: $0 build | stage 1|2 | run" >&2; exit 2 ;;
 esac

@@ -120,7 +120,7 @@ impl Model for CpuBackend {
         Ok(norm)
     }
 
-    fn weights(&self) -> Weights {
-        self.model.to_weights()
+    fn weights(&self) -> Result<Weights> {
+        Ok(self.model.to_weights())
     }
 }

@@ -22,12 +22,12 @@ use crate::config::ModelConfig;
 use crate::loader::LoadedModel;
 use crate::model::{StepBatch, StepSeq};
 use crate::tensor::{Tensor, Weights};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::ops::Range;
 
 /// One decoder layer: ranges of the model's `Arena`. q/k/v and gate/up are each one matrix (rows stacked),
 /// so a token needs four matrix products per layer instead of seven.
-pub(super) struct Layer {
+pub(crate) struct Layer {
     pub attn_norm: Range<usize>,
     /// `[q_dim + 2 kv_dim, hidden]`: q_proj, k_proj, v_proj rows.
     pub w_qkv: Range<usize>,
@@ -53,14 +53,14 @@ pub struct Param {
 pub struct CpuModel {
     pub config: ModelConfig,
     /// Every parameter of the model.
-    pub(super) arena: Arena,
+    pub(crate) arena: Arena,
     params: Vec<Param>,
-    pub(super) embed: Range<usize>,
+    pub(crate) embed: Range<usize>,
     /// None when tied to `embed`.
-    pub(super) lm_head: Option<Range<usize>>,
-    pub(super) norm: Range<usize>,
-    pub(super) layers: Vec<Layer>,
-    pub(super) rope: Rope,
+    pub(crate) lm_head: Option<Range<usize>>,
+    pub(crate) norm: Range<usize>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) rope: Rope,
 }
 
 /// Keys and values of every position processed so far: one sequence in a paged pool of its own, which grows
@@ -254,32 +254,12 @@ impl CpuModel {
     }
 
     /// The LM head's range: `lm_head.weight`, or the embedding when tied.
-    pub(super) fn head(&self) -> Range<usize> {
+    pub(crate) fn head(&self) -> Range<usize> {
         self.lm_head.clone().unwrap_or(self.embed.clone())
     }
 
     pub fn new_cache(&self) -> KvCache {
         KvCache { pool: CpuKvPool::empty(&self.config, CACHE_BLOCK), table: Vec::new(), len: 0 }
-    }
-
-    /// Errors on an empty input or an id outside the vocabulary.
-    pub(super) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        if tokens.is_empty() {
-            bail!("forward needs at least one token");
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            bail!("token id {bad} is outside the vocabulary (size {})", self.config.vocab_size);
-        }
-        Ok(())
-    }
-
-    /// Errors when a sequence of `end` positions exceeds the model's.
-    pub(super) fn check_end(&self, end: usize) -> Result<()> {
-        let max = self.config.max_position_embeddings;
-        if end > max {
-            bail!("a sequence of {end} positions exceeds the model's {max}");
-        }
-        Ok(())
     }
 
     /// The embedding rows of `tokens`: `[t, hidden]`.
@@ -360,9 +340,9 @@ impl CpuModel {
     /// Runs `tokens` (positions cache.len() ..) through the model, appends their keys/values to the cache
     /// and returns the logits `which` asks for: the paged step on one sequence.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
-        self.check_tokens(tokens)?;
+        crate::model::check_tokens(&self.config, tokens)?;
         let (t, end) = (tokens.len(), cache.len + tokens.len());
-        self.check_end(end)?;
+        crate::model::check_end(&self.config, end)?;
         let KvCache { pool, table, len } = cache;
         let blocks = end.div_ceil(CACHE_BLOCK);
         if blocks > table.len() {

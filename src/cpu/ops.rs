@@ -58,6 +58,12 @@ impl Rope {
         Rope { inv_freq }
     }
 
+    /// The rotation frequency of each dimension pair, `[hd / 2]` (llama3 scaling applied): what the CUDA
+    /// kernel turns by.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// cos and sin of every (position, frequency) pair for positions start..start + t: `[t, hd / 2]` each.
     /// Computed once per forward pass and shared by all layers.
     pub fn table(&self, start: usize, t: usize) -> (Vec<f32>, Vec<f32>) {

@@ -16,7 +16,7 @@ use super::ops::{attention_rows, rmsnorm};
 use super::rowwise;
 use crate::config::ModelConfig;
 use crate::model::{KvPool, StepBatch};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use std::any::Any;
 
 /// Keys and values of `num_blocks` blocks of `block_size` positions: per layer, `[num_blocks, block_size,
@@ -112,36 +112,10 @@ impl CpuModel {
         self.step(pool, batch, &rows)
     }
 
-    /// Errors on anything in `batch` that does not fit the model or the pool; nothing is written before.
-    fn check_step(&self, pool: &CpuKvPool, batch: &StepBatch) -> Result<()> {
-        let nb = pool.num_blocks;
-        if let Some((from, to)) = batch.copies.iter().find(|&&(f, t)| f as usize >= nb || t as usize >= nb) {
-            bail!("block copy {from} -> {to} is outside the pool of {nb} blocks");
-        }
-        for (i, s) in batch.seqs.iter().enumerate() {
-            let at = || format!("sequence {i} of the step");
-            self.check_tokens(s.tokens).with_context(at)?;
-            let end = s.pos.saturating_add(s.tokens.len());
-            self.check_end(end).with_context(at)?;
-            let need = end.div_ceil(pool.block_size);
-            ensure!(
-                s.block_table.len() >= need,
-                "{}: {end} positions need {need} blocks of {}, the block table has {}",
-                at(),
-                pool.block_size,
-                s.block_table.len()
-            );
-            if let Some(b) = s.block_table[..need].iter().find(|&&b| b as usize >= nb) {
-                bail!("{}: block {b} is outside the pool of {nb} blocks", at());
-            }
-        }
-        Ok(())
-    }
-
     /// Runs `batch` (copies, then every sequence's tokens as one activation) and returns the logits of the
     /// step's rows `rows` (indices into the concatenated tokens), `[rows.len(), vocab]`.
     pub(super) fn step(&self, pool: &mut CpuKvPool, batch: &StepBatch, rows: &[usize]) -> Result<Vec<f32>> {
-        self.check_step(pool, batch)?;
+        crate::model::check_step(&self.config, pool, batch)?;
         for &(from, to) in &batch.copies {
             pool.copy_block(from, to);
         }

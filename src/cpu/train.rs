@@ -114,11 +114,11 @@ impl CpuModel {
     /// The training forward over packed sequences (`seq_lens` sum to `tokens.len()`), keeping a tape for
     /// `backward`. `recompute` keeps only layer inputs.
     pub fn forward_train(&self, tokens: &[u32], seq_lens: &[usize], recompute: bool) -> Result<Tape> {
-        self.check_tokens(tokens)?;
+        crate::model::check_tokens(&self.config, tokens)?;
         let total: usize = seq_lens.iter().sum();
         ensure!(total == tokens.len(), "sequence lengths sum to {total}, but {} tokens were given", tokens.len());
         for &len in seq_lens {
-            self.check_end(len)?;
+            crate::model::check_end(&self.config, len)?;
         }
         let c = &self.config;
         let (cos, sin) = self.packed_rope(seq_lens);

@@ -1,16 +1,18 @@
-//! The CUDA side, as far as it exists yet: probing for a driver and a device without panicking
-//! (cudarc's `CudaContext::new` panics when libcuda is missing, so the probe checks for it first).
-use std::sync::Arc;
+//! The bf16 CUDA backend: the same `Model` interface as `cpu`, with bf16 storage, fp32 accumulation, fp32
+//! logits and log-probs, cuBLASLt for the matrix products and our kernels (`kernels/*.cu`) for the rest.
+//!
+//! Files, bottom up: `device` (context, stream, every kernel loaded once, the probe), `gemm` (cuBLASLt),
+//! one launcher file per kernel family (`norm`, `qkv`, `swiglu`, `attention`, `sample`), each naming its
+//! CPU twin, and `model` (weights in one device allocation, the paged KV pool, the batched step).
+//! Every kernel is tested against its CPU twin in `tests/cuda_*.rs`; those tests skip, saying so, where
+//! there is no device.
+pub mod attention;
+pub mod device;
+pub mod gemm;
+pub mod model;
+pub mod norm;
+pub mod qkv;
+pub mod sample;
+pub mod swiglu;
 
-/// A context on device 0, or None when there is no driver, no device, or the driver is too old.
-pub fn device() -> Option<Arc<cudarc::driver::CudaContext>> {
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return None;
-    }
-    std::panic::catch_unwind(|| match cudarc::driver::CudaContext::device_count() {
-        Ok(n) if n > 0 => cudarc::driver::CudaContext::new(0).ok(),
-        _ => None,
-    })
-    .ok()
-    .flatten()
-}
+pub use device::{device, Gpu};

@@ -23,9 +23,14 @@ pub struct Engine<'m> {
     ready: Vec<Event>,
 }
 
-/// Blocks of `cfg.block_size` that the `cfg.kv_bytes` budget holds for `model`.
+/// Blocks of `cfg.block_size` that the budget holds for `model`: `kv_fraction` of the free device memory
+/// on a GPU, `kv_bytes` elsewhere.
 pub(super) fn budget_blocks(model: &dyn Model, cfg: &EngineConfig) -> usize {
-    cfg.kv_bytes / model.kv_block_bytes(cfg.block_size).max(1)
+    let bytes = match model.free_memory() {
+        Some(free) => (free as f64 * cfg.kv_fraction.clamp(0.0, 1.0) as f64) as usize,
+        None => cfg.kv_bytes,
+    };
+    bytes / model.kv_block_bytes(cfg.block_size).max(1)
 }
 
 impl<'m> Engine<'m> {

@@ -55,8 +55,11 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Blocks in the pool; None: as many as `kv_bytes` holds.
     pub num_blocks: Option<usize>,
-    /// Pool budget in bytes when `num_blocks` is None.
+    /// Pool budget in bytes when `num_blocks` is None, on a backend without device memory (the CPU).
     pub kv_bytes: usize,
+    /// Pool budget when `num_blocks` is None on a GPU: this fraction of the device memory free when the
+    /// engine starts (the weights and the step's scratch are already allocated by then).
+    pub kv_fraction: f32,
     /// Tokens per step: one per decoding sequence plus prefill chunks. At least `max_seqs`.
     pub max_batch_tokens: usize,
     /// Sequences running at once, at most.
@@ -65,7 +68,14 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { block_size: 16, num_blocks: None, kv_bytes: 1 << 30, max_batch_tokens: 512, max_seqs: 64 }
+        EngineConfig {
+            block_size: 16,
+            num_blocks: None,
+            kv_bytes: 1 << 30,
+            kv_fraction: 0.5,
+            max_batch_tokens: 512,
+            max_seqs: 64,
+        }
     }
 }
 

@@ -31,7 +31,7 @@ pub fn save(run_dir: &Path, step: u64, agents: &[(&str, &Trainer)], base: &Loade
         let out = d.join(name);
         let m = LoadedModel {
             config: t.model.config().clone(),
-            weights: t.model.weights(),
+            weights: t.model.weights()?,
             tokenizer: base.tokenizer.clone(),
             path: out.clone(),
         };

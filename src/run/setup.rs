@@ -145,7 +145,7 @@ fn trainer_config(cfg: &RunConfig, agent: usize) -> TrainerConfig {
 /// The backend `run.backend` resolves to here (said on stderr), checked against the agents' devices: the
 /// CPU backend has one device, 0.
 fn choose_backend(cfg: &RunConfig) -> Result<Backend> {
-    let backend = model::resolve_and_report(cfg.run.backend, "mappa train")?;
+    let backend = model::resolve_and_report(cfg.run.backend, model::Work::Training, "mappa train")?;
     for (i, a) in cfg.agents.iter().enumerate() {
         let device = cfg.agent_device(i);
         ensure!(

@@ -1,6 +1,7 @@
 //! Fixtures shared by the integration tests: the SmolLM2 GGUF that tools/setup.sh installs, its reference
 //! outputs (computed with transformers in f32), and tiny random models of each architecture.
 #![allow(dead_code)] // each test binary uses its own subset
+pub mod gpu;
 pub mod served;
 use mappa::config::{Arch, ModelConfig};
 use mappa::loader::LoadedModel;

@@ -1,0 +1,454 @@
+//! The llama / qwen2 / qwen3 decoder on the GPU: `CudaModel`, the CUDA side of the `Model` interface, and its
+//! paged KV pool.
+//!
+//! Weights: the CPU model's arena (the same files, the same fused q/k/v and gate/up matrices, the same
+//! ranges), rounded to bf16 and uploaded as one device allocation. The residual stream is fp32; every
+//! matrix product reads bf16 and accumulates in fp32; logits and log-probs are fp32.
+//!
+//! One step, for all of its sequences at once (the CPU step's order, `cpu::paged`):
+//! ```text
+//! x = embed(tokens)
+//! per layer:  h = rmsnorm(x += delta)            (delta: the previous layer's MLP output; none at layer 0)
+//!             q, pool[slot] = rope(norm(h Wqkv + b))     attention over each row's block table
+//!             h = rmsnorm(x += att Wo)            act = swiglu(h Wgu)      delta = act Wdown
+//! logits = rmsnorm(x += delta)[sampled rows] Whead;  sample
+//! ```
+//! Batch invariance: the products exclude split-K, decode attention splits a row's keys at fixed lengths,
+//! and a prefill row's attention depends only on its own data, so a sequence's tokens do not depend on what
+//! shares its steps, as long as the rows of its prompt take the same path: a one-token prompt chunk takes
+//! the decode path, and a preempted sequence recomputes its generated tokens on the prefill path; there a
+//! token can change at a near-tie.
+//!
+//! Per-step metadata (token ids, positions, pool slots, sampled rows) goes up in one copy; scratch buffers
+//! are kept between steps and grow with the largest step seen.
+//!
+//! Training (scored forward, backward, optimizer) is the CUDA training issue's work; those methods say so.
+use super::attention::{Attention, AttnShape};
+use super::norm::{self, Rows};
+use super::qkv::{self, QkvExtras, QkvShape};
+use super::sample::Sampler;
+use super::swiglu::swiglu;
+use super::Gpu;
+use crate::config::ModelConfig;
+use crate::cpu::model::Layer;
+use crate::cpu::{CpuModel, Param};
+use crate::loader::LoadedModel;
+use crate::model::{check_step, Backend, KvPool, Model, Packed, Sampled, StepBatch};
+use crate::optim::AdamWConfig;
+use crate::tensor::{Tensor, Weights};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use half::bf16;
+use std::any::Any;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Keys per split of a decode row's attention. Fixed, not fitted to the batch, so a row's result does not
+/// depend on what else runs in its step (batch invariance; `cuda::attention` module docs): a long row still
+/// spreads over many blocks, a short one takes one split.
+const DECODE_SPLIT_KEYS: usize = 64;
+
+/// Keys and values of `num_blocks` blocks of `block_size` positions, in one allocation: per layer, keys then
+/// values, each `[num_blocks * block_size, kv_dim]` bf16 (a position's row is its slot, `block * block_size +
+/// offset`).
+pub struct CudaKvPool {
+    num_blocks: usize,
+    block_size: usize,
+    /// Elements of one layer's keys (or values).
+    plane: usize,
+    buf: CudaSlice<bf16>,
+}
+
+impl CudaKvPool {
+    /// Bytes of one block: keys and values of every layer, bf16.
+    pub fn block_bytes(cfg: &ModelConfig, block_size: usize) -> usize {
+        (cfg.num_layers * 2 * cfg.kv_dim() * 2).saturating_mul(block_size)
+    }
+
+    fn new(gpu: &Gpu, cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<CudaKvPool> {
+        ensure!(
+            num_blocks > 0 && block_size > 0,
+            "a KV pool needs blocks ({num_blocks}) and positions per block ({block_size})"
+        );
+        // Slots are i32 on the device.
+        let slots = num_blocks.checked_mul(block_size).filter(|&s| s <= i32::MAX as usize);
+        let plane = slots.and_then(|s| s.checked_mul(cfg.kv_dim()));
+        let total = plane.and_then(|p| p.checked_mul(2 * cfg.num_layers));
+        let (Some(plane), Some(total)) = (plane, total) else {
+            bail!("a KV pool of {num_blocks} blocks of {block_size} positions is too large to address");
+        };
+        let (free, _) = gpu.memory()?;
+        ensure!(
+            total * 2 <= free,
+            "a KV pool of {num_blocks} blocks ({} MiB) does not fit in the GPU's {} MiB free",
+            (total * 2) >> 20,
+            free >> 20
+        );
+        // Not zeroed: attention reads only the slots a step has written.
+        let buf = unsafe { gpu.stream.alloc::<bf16>(total) }.context("allocating the KV pool")?;
+        Ok(CudaKvPool { num_blocks, block_size, plane, buf })
+    }
+
+    /// Where layer `l`'s keys (`kv` 0) or values (1) start.
+    fn plane_start(&self, l: usize, kv: usize) -> usize {
+        (2 * l + kv) * self.plane
+    }
+
+    /// Copies block `from` onto block `to` in every layer, keys and values.
+    fn copy_block(&mut self, gpu: &Gpu, layers: usize, from: u32, to: u32) -> Result<()> {
+        let n = self.plane / self.num_blocks;
+        for p in 0..2 * layers {
+            let (src, dst) = (p * self.plane + from as usize * n, p * self.plane + to as usize * n);
+            // Two disjoint views of the one buffer: split where the later block starts.
+            let (mut lo, mut hi) = self.buf.split_at_mut(src.max(dst));
+            let (s, mut d) = match src < dst {
+                true => (lo.slice(src..src + n), hi.slice_mut(0..n)),
+                false => (hi.slice(0..n), lo.slice_mut(dst..dst + n)),
+            };
+            gpu.stream.memcpy_dtod(&s, &mut d)?;
+        }
+        Ok(())
+    }
+}
+
+impl KvPool for CudaKvPool {
+    fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A device buffer that grows to the largest size asked of it.
+struct Grow<T>(Option<CudaSlice<T>>);
+
+impl<T: DeviceRepr + ValidAsZeroBits> Grow<T> {
+    fn get(&mut self, gpu: &Gpu, n: usize) -> Result<&mut CudaSlice<T>> {
+        if self.0.as_ref().is_none_or(|b| b.len() < n) {
+            self.0 = None; // free the old one first
+            self.0 = Some(gpu.zeros(n.max(1))?);
+        }
+        Ok(self.0.as_mut().expect("just allocated"))
+    }
+}
+
+/// Scratch of a step, kept between steps (`step` takes `&self`, so it sits behind a lock).
+struct Work {
+    meta: Grow<i32>,
+    x: Grow<f32>,
+    delta: Grow<f32>,
+    h: Grow<bf16>,
+    qkv: Grow<f32>,
+    q: Grow<bf16>,
+    att: Grow<bf16>,
+    gate_up: Grow<bf16>,
+    act: Grow<bf16>,
+    head_in: Grow<bf16>,
+    logits: Grow<f32>,
+    /// Built for the block size of the pool it last ran on.
+    attention: Option<(usize, Attention)>,
+    sampler: Sampler,
+}
+
+pub struct CudaModel {
+    gpu: Arc<Gpu>,
+    config: ModelConfig,
+    /// Every parameter in bf16, in the CPU arena's layout.
+    weights: CudaSlice<bf16>,
+    params: Vec<Param>,
+    embed: Range<usize>,
+    head: Range<usize>,
+    norm: Range<usize>,
+    layers: Vec<Layer>,
+    inv_freq: CudaSlice<f32>,
+    work: Mutex<Work>,
+}
+
+impl CudaModel {
+    pub fn new(m: &LoadedModel) -> Result<CudaModel> {
+        let gpu = Gpu::shared()?;
+        let cpu = CpuModel::new(m)?;
+        let c = &cpu.config;
+        qkv::kernel_name(c.head_dim)?;
+        AttnShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, block_size: 16 }.validate()?;
+        let host: Vec<bf16> = cpu.flat().iter().map(|&v| bf16::from_f32(v)).collect();
+        let (free, _) = gpu.memory()?;
+        ensure!(
+            host.len() * 2 < free,
+            "the model's {} MiB of bf16 weights do not fit in the GPU's {} MiB free",
+            (host.len() * 2) >> 20,
+            free >> 20
+        );
+        let weights = gpu.upload(&host).context("uploading the weights")?;
+        drop(host);
+        let inv_freq = gpu.upload(cpu.rope.inv_freq())?;
+        let params = cpu.params().to_vec();
+        let head = cpu.head();
+        let CpuModel { config, embed, norm, layers, .. } = cpu;
+        let work = Work {
+            meta: Grow(None),
+            x: Grow(None),
+            delta: Grow(None),
+            h: Grow(None),
+            qkv: Grow(None),
+            q: Grow(None),
+            att: Grow(None),
+            gate_up: Grow(None),
+            act: Grow(None),
+            head_in: Grow(None),
+            logits: Grow(None),
+            attention: None,
+            sampler: Sampler::new(),
+        };
+        Ok(CudaModel { gpu, config, weights, params, embed, head, norm, layers, inv_freq, work: Mutex::new(work) })
+    }
+
+    /// Logits `[n, vocab]` (fp32, on the device, in `work.logits`) of the last token of each sampling
+    /// sequence of `batch`; returns n.
+    fn forward(&self, w: &mut Work, pool: &mut CudaKvPool, batch: &StepBatch) -> Result<usize> {
+        let (gpu, c) = (&*self.gpu, &self.config);
+        // cuBLASLt uses the calling thread's current context, and the engine may run on any thread.
+        gpu.ctx.bind_to_thread()?;
+        let (d, qd, kvd, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let bs = pool.block_size;
+        // Metadata, one upload: token ids, positions, pool slots, then the sampled rows.
+        let (mut tokens, mut positions, mut slots, mut picked, mut rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, s) in batch.seqs.iter().enumerate() {
+            for (j, &tok) in s.tokens.iter().enumerate() {
+                let p = s.pos + j;
+                tokens.push(tok as i32);
+                positions.push(p as i32);
+                slots.push((s.block_table[p / bs] as usize * bs + p % bs) as i32);
+                rows.push((i, p));
+            }
+            if s.sample.is_some() {
+                picked.push(tokens.len() as i32 - 1);
+            }
+        }
+        let (t, n) = (tokens.len(), picked.len());
+        let meta: Vec<i32> = [tokens, positions, slots, picked].concat();
+        let dev_meta = w.meta.get(gpu, meta.len())?;
+        gpu.stream.memcpy_htod(&meta, &mut dev_meta.slice_mut(0..meta.len()))?;
+        let tables: Vec<&[u32]> = batch.seqs.iter().map(|s| s.block_table).collect();
+
+        let meta = &*dev_meta;
+        let tok_view = unsafe { meta.transmute::<u32>(t) }.ok_or_else(|| anyhow!("metadata buffer too small"))?;
+        let (pos_v, slot_v, pick_v) = (meta.slice(t..2 * t), meta.slice(2 * t..3 * t), meta.slice(3 * t..3 * t + n));
+        let shape = QkvShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, eps: c.rms_norm_eps };
+        if w.attention.as_ref().is_none_or(|(b, _)| *b != bs) {
+            let s = AttnShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, block_size: bs };
+            let mut a = Attention::new(s)?;
+            a.set_split_len(Some(DECODE_SPLIT_KEYS))?;
+            w.attention = Some((bs, a));
+        }
+        let attention = &mut w.attention.as_mut().expect("set above").1;
+        attention.plan(gpu, &rows, &tables)?;
+        // Every scratch buffer at once (disjoint fields), sized for this step.
+        let (x, delta, h) = (w.x.get(gpu, t * d)?, w.delta.get(gpu, t * d)?, w.h.get(gpu, t * d)?);
+        let (qkv_buf, q, att) = (w.qkv.get(gpu, t * (qd + 2 * kvd))?, w.q.get(gpu, t * qd)?, w.att.get(gpu, t * qd)?);
+        let (gu, act) = (w.gate_up.get(gpu, t * 2 * f)?, w.act.get(gpu, t * f)?);
+        let (head_in, logits) = (w.head_in.get(gpu, n.max(1) * d)?, w.logits.get(gpu, n.max(1) * c.vocab_size)?);
+        let (wt, eps) = (&self.weights, c.rms_norm_eps);
+
+        norm::embed(gpu, &mut x.slice_mut(..), &wt.slice(self.embed.clone()), &tok_view, d)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let prev = (l > 0).then(|| delta.slice(..));
+            let attn_norm = wt.slice(layer.attn_norm.clone());
+            norm::add_rmsnorm(
+                gpu,
+                &mut x.slice_mut(..),
+                prev.as_ref(),
+                &mut h.slice_mut(..),
+                &attn_norm,
+                Rows::First(t),
+                eps,
+            )?;
+            let w_qkv = wt.slice(layer.w_qkv.clone());
+            gpu.blas.linear(&mut qkv_buf.slice_mut(..), &h.slice(..), &w_qkv, t, d, qd + 2 * kvd, false)?;
+            let (kp, vp) = (pool.plane_start(l, 0), pool.plane_start(l, 1));
+            let (mut k_part, mut v_part) = pool.buf.split_at_mut(vp);
+            let (mut k_pool, mut v_pool) = (k_part.slice_mut(kp..), v_part.slice_mut(0..pool.plane));
+            let bias = layer.b_qkv.clone().map(|r| wt.slice(r));
+            let norms = layer.qk_norm.clone().map(|[a, b]| (wt.slice(a), wt.slice(b)));
+            let extras = QkvExtras { bias: bias.as_ref(), norms: norms.as_ref().map(|(a, b)| (a, b)) };
+            let (qkv_in, freq) = (qkv_buf.slice(..), self.inv_freq.slice(..));
+            qkv::qkv_rope_append(
+                gpu,
+                &mut q.slice_mut(..),
+                &mut k_pool,
+                &mut v_pool,
+                &qkv_in,
+                extras,
+                &freq,
+                &pos_v,
+                &slot_v,
+                shape,
+            )?;
+            attention.run(gpu, &mut att.slice_mut(..), &q.slice(..), &k_pool.slice(..), &v_pool.slice(..))?;
+            gpu.blas.linear(&mut delta.slice_mut(..), &att.slice(..), &wt.slice(layer.wo.clone()), t, qd, d, false)?;
+            let mlp_norm = wt.slice(layer.mlp_norm.clone());
+            norm::add_rmsnorm(
+                gpu,
+                &mut x.slice_mut(..),
+                Some(&delta.slice(..)),
+                &mut h.slice_mut(..),
+                &mlp_norm,
+                Rows::First(t),
+                eps,
+            )?;
+            gpu.blas.linear(
+                &mut gu.slice_mut(..),
+                &h.slice(..),
+                &wt.slice(layer.w_gate_up.clone()),
+                t,
+                d,
+                2 * f,
+                false,
+            )?;
+            swiglu(gpu, &mut act.slice_mut(..), &gu.slice(..), t, f)?;
+            gpu.blas.linear(
+                &mut delta.slice_mut(..),
+                &act.slice(..),
+                &wt.slice(layer.w_down.clone()),
+                t,
+                f,
+                d,
+                false,
+            )?;
+        }
+        if n > 0 {
+            let final_norm = wt.slice(self.norm.clone());
+            norm::add_rmsnorm(
+                gpu,
+                &mut x.slice_mut(..),
+                Some(&delta.slice(..)),
+                &mut head_in.slice_mut(..),
+                &final_norm,
+                Rows::Picked(&pick_v),
+                eps,
+            )?;
+            let head = wt.slice(self.head.clone());
+            gpu.blas.linear(&mut logits.slice_mut(..), &head_in.slice(..), &head, n, d, c.vocab_size, false)?;
+        }
+        Ok(n)
+    }
+
+    /// Logits `[n, vocab]` of the last token of each sequence of `batch` that samples, downloaded (no
+    /// sampling): the twin of `CpuModel::forward_paged`, for tests and tools.
+    pub fn forward_paged(&self, kv: &mut dyn KvPool, batch: &StepBatch) -> Result<Vec<f32>> {
+        let pool = self.prepare(kv, batch)?;
+        let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
+        let n = self.forward(&mut w, pool, batch)?;
+        let logits = w.logits.0.as_ref().expect("forward allocated the logits");
+        self.gpu.download(&logits.slice(0..n * self.config.vocab_size))
+    }
+
+    /// The step's checks (nothing is written before they pass) and its block copies; the pool as ours.
+    fn prepare<'p>(&self, kv: &'p mut dyn KvPool, batch: &StepBatch) -> Result<&'p mut CudaKvPool> {
+        let pool = kv
+            .as_any_mut()
+            .downcast_mut::<CudaKvPool>()
+            .context("the CUDA model was given another backend's KV pool")?;
+        check_step(&self.config, pool, batch)?;
+        for s in &batch.seqs {
+            if let Some(spec) = &s.sample {
+                spec.params.validate()?;
+            }
+        }
+        for &(from, to) in &batch.copies {
+            pool.copy_block(&self.gpu, self.config.num_layers, from, to)?;
+        }
+        Ok(pool)
+    }
+
+    fn no_training(&self) -> anyhow::Error {
+        anyhow!("training on the CUDA backend is not implemented yet (the CUDA training issue); use the cpu backend to train")
+    }
+}
+
+impl Model for CudaModel {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn backend(&self) -> Backend {
+        Backend::Cuda
+    }
+    fn kv_block_bytes(&self, block_size: usize) -> usize {
+        CudaKvPool::block_bytes(&self.config, block_size)
+    }
+    fn free_memory(&self) -> Option<usize> {
+        self.gpu.memory().ok().map(|(free, _)| free)
+    }
+    fn new_kv_pool(&self, num_blocks: usize, block_size: usize) -> Result<Box<dyn KvPool>> {
+        Ok(Box::new(CudaKvPool::new(&self.gpu, &self.config, num_blocks, block_size)?))
+    }
+
+    fn step(&self, kv: &mut dyn KvPool, batch: &StepBatch) -> Result<Vec<Option<Sampled>>> {
+        let pool = self.prepare(kv, batch)?;
+        let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
+        let w = &mut *w;
+        let n = self.forward(w, pool, batch)?;
+        let specs: Vec<_> = batch.seqs.iter().filter_map(|s| s.sample.map(|sp| (sp.params, sp.index))).collect();
+        let picks = match n {
+            0 => Vec::new(),
+            _ => {
+                let logits = w.logits.0.as_ref().expect("forward wrote the logits");
+                w.sampler.sample(
+                    &self.gpu,
+                    &logits.slice(0..n * self.config.vocab_size),
+                    self.config.vocab_size,
+                    &specs,
+                )?
+            }
+        };
+        let mut picks = picks.into_iter();
+        Ok(batch
+            .seqs
+            .iter()
+            .map(|s| s.sample.and_then(|_| picks.next()).map(|(id, logprob)| Sampled { id, logprob }))
+            .collect())
+    }
+
+    fn sequence_logprobs(&self, _p: Packed, _temperature: f32) -> Result<Vec<f32>> {
+        Err(self.no_training())
+    }
+    fn forward_backward(
+        &mut self,
+        _p: Packed,
+        _temperature: f32,
+        _recompute: bool,
+        _loss: &mut crate::model::LossFn,
+    ) -> Result<()> {
+        Err(self.no_training())
+    }
+    fn zero_grad(&mut self) {}
+    fn init_optimizer(&mut self, _config: AdamWConfig, _saved: Option<&Path>) -> Result<()> {
+        Err(self.no_training())
+    }
+    fn save_optimizer(&self, _path: &Path) -> Result<()> {
+        Err(self.no_training())
+    }
+    fn optimizer_steps(&self) -> u64 {
+        0
+    }
+    fn optimizer_step(&mut self, _lr: f32, _max_grad_norm: f32) -> Result<f32> {
+        Err(self.no_training())
+    }
+
+    /// The bf16 weights, widened to f32 (a checkpoint of a CUDA model holds bf16-exact values).
+    fn weights(&self) -> Result<Weights> {
+        let host = self.gpu.download(&self.weights.slice(..)).context("reading the weights back from the GPU")?;
+        let mut w = Weights::default();
+        for p in &self.params {
+            let values = host[p.range.clone()].iter().map(|v| v.to_f32()).collect();
+            w.tensors.insert(p.name.clone(), Tensor::from_f32(p.shape.clone(), values));
+        }
+        Ok(w)
+    }
+}
