@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// auto: CUDA when it can run here, else the CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub device: BackendChoice,
+    /// On a GPU, the fraction of the device memory free after loading that the KV pool takes.
+    #[arg(long, default_value_t = EngineConfig::default().kv_fraction)]
+    pub kv_fraction: f32,
 }
 
 /// Largest request body read; a larger one is a 413.
@@ -58,6 +61,7 @@ const MAX_BODY: u64 = 16 << 20;
 pub fn run(a: ServeArgs) -> Result<()> {
     ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
     ensure!(a.workers > 0, "--workers must be at least 1");
+    ensure!(a.kv_fraction > 0.0 && a.kv_fraction <= 0.95, "--kv-fraction must be in (0, 0.95], got {}", a.kv_fraction);
     let engine = Served::load(&a)?;
     let server =
         Server::http((a.host.as_str(), a.port)).map_err(|e| anyhow!("cannot listen on {}:{}: {e}", a.host, a.port))?;
@@ -96,7 +100,8 @@ impl Served {
         let model = crate::model::load(&loaded, backend)
             .with_context(|| format!("building the {backend} model from {}", a.model.display()))?;
         // The engine thread lives as long as the process: serve never returns while listening.
-        let (engine, _thread) = EngineService::spawn(model, EngineConfig::default())?;
+        let cfg = EngineConfig { kv_fraction: a.kv_fraction, ..EngineConfig::default() };
+        let (engine, _thread) = EngineService::spawn(model, cfg)?;
         Ok(Served {
             engine,
             tok,

@@ -413,3 +413,18 @@ fn gguf_model_stops_at_its_end_of_turn_token() {
     let (p, c) = (expected.prompt.len(), expected.tokens.len());
     assert_eq!(v["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
 }
+
+/// Server flags out of range are refused at start, naming the flag and its bound.
+#[test]
+fn bad_flags_are_refused_at_start() {
+    for (flag, value, want) in
+        [("--kv-fraction", "1.5", "(0, 0.95]"), ("--kv-fraction", "0", "(0, 0.95]"), ("--workers", "0", "at least 1")]
+    {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mappa"))
+            .args(["serve", "--model", "/nonexistent", flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(flag) && err.contains(want), "{flag} {value}: {err}");
+    }
+}

@@ -49,6 +49,11 @@ run)
   [ -f "$STAGE/part0" ] && [ -f "$STAGE/part1" ] || { echo "model not staged: run 'stage 1' and 'stage 2' first" >&2; exit 2; }
   export MAPPA_HOME="$STAGE/home" MAPPA_COMMIT="$(cat "$BIN/commit")" MAPPA_DATE="$(date -u +%F)"
   mkdir -p "$MAPPA_HOME/models" && cat "$STAGE/part0" "$STAGE/part1" > "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  # cuBLASLt 13 for cudarc: the toolkit's, or the one PyTorch's wheels carry.
+  for d in /usr/local/cuda/lib64 $(python3 -c 'import glob, nvidia, os; print(" ".join(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib"))))' 2>/dev/null); do
+    LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+  done
+  export LD_LIBRARY_PATH
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/device.txt" || true
   rows=()
   for name in "${TESTS[@]}"; do

@@ -322,7 +322,7 @@ impl Attention {
         self.plan.as_ref()
     }
 
-    /// Once per model step, shared by every layer: rows[r] = (sequence index, position), tables[s] = block table
+    /// Once per model step, shared by every layer: `rows[r]` = (sequence index, position), `tables[s]` = block table
     /// of sequence s. Computes the plan on the host and uploads the metadata (stream-ordered, no sync).
     pub fn plan(&mut self, gpu: &Gpu, rows: &[(usize, usize)], tables: &[&[u32]]) -> Result<()> {
         self.plan = None;

@@ -62,7 +62,11 @@ impl Gpu {
                 funcs.insert(name.to_string(), f);
             }
         }
-        let blas = Blas::new(stream.clone())?;
+        // cudarc loads libcublasLt on first use and panics when it cannot find it.
+        let blas =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Blas::new(stream.clone()))).map_err(|_| {
+                anyhow!("cannot load cuBLASLt (libcublasLt.so.13): put the CUDA 13 libraries on LD_LIBRARY_PATH")
+            })??;
         Ok(Gpu { ctx, stream, blas, funcs, capability })
     }
 

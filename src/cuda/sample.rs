@@ -104,7 +104,7 @@ impl Sampler {
         Sampler::default()
     }
 
-    /// logits: [rows.len(), vocab] fp32 on the device; rows[i] = (params, token index) of row i.
+    /// `logits`: `[rows.len(), vocab]` fp32 on the device; `rows[i]` = (params, token index) of row i.
     /// Returns (id, logprob) per row (one small download per step).
     pub fn sample(
         &mut self,
