@@ -260,3 +260,49 @@ fn charts_without_data_are_skipped_and_gaps_break_lines() {
     let svg = read(&tmp.path().join("report/reward.svg"));
     assert_eq!(data_lines(&svg), 2, "{svg}");
 }
+
+/// Values at the ends of f64 (a diverged run) still make a report, promptly: a chart spanning ±1e308, one
+/// whose values are all 1e308, one narrow next to its magnitude, and subnormals. A chart range the plotting
+/// library cannot step through once hung `mappa report` forever; the binary gets a deadline here.
+#[test]
+fn extreme_values_still_make_a_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = Vec::new();
+    for (step, big, narrow, tiny) in [(1, 1e308, 1e15, 5e-324), (2, -1e308, 1e15 + 1.0, 1e-310), (3, 1e308, 1e15, 0.0)]
+    {
+        let mut r = metric(step, "solver", big, true);
+        (r["loss"], r["grad_norm"], r["kl"], r["lr"]) = (json!(1e308), json!(narrow), json!(tiny), json!(f64::MAX));
+        m.push(r);
+    }
+    fs::write(tmp.path().join("metrics.jsonl"), jsonl(&m)).unwrap();
+    fs::write(tmp.path().join("config.toml"), config("extreme", &["solver"])).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mappa"))
+        .args(["report", tmp.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("mappa report did not finish within 60 s on extreme values");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for svg in fs::read_dir(tmp.path().join("report")).unwrap() {
+        let p = svg.unwrap().path();
+        if p.extension().is_some_and(|e| e == "svg") {
+            assert!(
+                !read(&p).contains("NaN") && !read(&p).contains("inf"),
+                "{} has non-finite coordinates",
+                p.display()
+            );
+        }
+    }
+}

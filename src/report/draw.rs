@@ -73,6 +73,9 @@ type Plot<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordu64,
 
 /// A translucent polygon from the low to the high edge, plus a whisker per point when there are few.
 fn draw_band(cc: &mut Plot, band: &Band) -> Result<()> {
+    let points: Vec<(u64, f64, f64)> =
+        band.points.iter().map(|&(s, lo, hi)| (s, lo.clamp(-LIMIT, LIMIT), hi.clamp(-LIMIT, LIMIT))).collect();
+    let band = &Band { color: band.color, points };
     if band.points.len() >= 2 {
         let upper = band.points.iter().map(|&(s, _, hi)| (s, hi));
         let lower = band.points.iter().rev().map(|&(s, lo, _)| (s, lo));
@@ -120,6 +123,7 @@ fn runs(points: &[(u64, Option<f64>)]) -> Vec<Vec<(u64, f64)>> {
     let mut out: Vec<Vec<(u64, f64)>> = Vec::new();
     let mut open = false;
     for &(step, v) in points {
+        let v = v.map(|v| v.clamp(-LIMIT, LIMIT));
         match (v, open) {
             (Some(v), true) => out.last_mut().into_iter().for_each(|r| r.push((step, v))),
             (Some(v), false) => out.push(vec![(step, v)]),
@@ -170,14 +174,20 @@ fn step_range(steps: &[u64]) -> Range<u64> {
     }
 }
 
-/// 5% padding either side, but not below zero when every value is non-negative.
+/// Values drawn are clamped to +-LIMIT, so the axis arithmetic (span, padding, ticks) stays finite.
+const LIMIT: f64 = 1e300;
+
+/// 5% padding either side, but not below zero when every value is non-negative. The span is at least a
+/// millionth of the values' magnitude: the plotting library steps its ticks by a fraction of the span from
+/// the lower end, and a step below the values' precision never advanced (a hang on a metric of 1e308).
 fn value_range(values: &[f64]) -> Range<f64> {
-    let finite = values.iter().copied().filter(|v| v.is_finite());
+    let finite = values.iter().copied().filter(|v| v.is_finite()).map(|v| v.clamp(-LIMIT, LIMIT));
     let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return 0.0..1.0;
     }
-    let pad = if hi > lo { (hi - lo) * 0.05 } else { (lo.abs() * 0.1).max(1e-9) };
+    let magnitude = lo.abs().max(hi.abs());
+    let pad = ((hi - lo) * 0.05).max(magnitude * 1e-6).max(1e-9);
     let bottom = if lo >= 0.0 && lo - pad < 0.0 { 0.0 } else { lo - pad };
     bottom..hi + pad
 }
