@@ -325,6 +325,23 @@ fn invalid_values_name_their_key_path() {
         (|c| c.sandbox.file_size_mb = 0, "sandbox.file_size_mb must be >= 1, got 0"),
         (|c| c.sandbox.max_processes = 0, "sandbox.max_processes must be >= 1, got 0"),
         (|c| c.sandbox.output_chars = 0, "sandbox.output_chars must be >= 1, got 0"),
+        // Upper bounds: typos that would otherwise become allocations that abort.
+        (|c| c.rl.samples_per_prompt = 1_000_000_000_000, "rl.samples_per_prompt must be <= 1024, got 1000000000000"),
+        (
+            |c| (c.rl.prompts_per_step, c.rl.samples_per_prompt) = (100_000, 16),
+            "rl.prompts_per_step * rl.samples_per_prompt must be <= 1000000 (one step's episodes), got 1600000",
+        ),
+        (|c| c.rl.max_new_tokens = usize::MAX, "rl.max_new_tokens must be <= 1048576"),
+        (|c| c.rl.eval_samples_per_prompt = 5000, "rl.eval_samples_per_prompt must be <= 1024, got 5000"),
+        (|c| c.run.steps = u64::MAX, "run.steps must be <= 10000000"),
+        (|c| c.agents[0].max_actions = 1000, "agents[0].max_actions must be <= 100, got 1000"),
+        (
+            |c| c.agents[0].sampling.max_new_tokens = Some(1 << 40),
+            "agents[0].sampling.max_new_tokens must be <= 1048576",
+        ),
+        (|c| c.coach.concurrency = 1 << 20, "coach.concurrency must be <= 1024"),
+        (|c| c.sandbox.memory_mb = u64::MAX, "sandbox.memory_mb must be <= 1048576"),
+        (|c| c.sandbox.max_processes = 1 << 30, "sandbox.max_processes must be <= 10000"),
     ];
     let base = RunConfig::preset("mathchat").unwrap();
     for (edit, expected) in cases {
@@ -333,6 +350,11 @@ fn invalid_values_name_their_key_path() {
         let msg = err_text(c.validate());
         assert!(msg.contains(expected), "expected `{expected}` in:\n{msg}");
     }
+    // Through the loader too: the TOML value is refused by validation, not by an allocation.
+    assert_rejected(
+        &(MINIMAL.to_string() + "\n[rl]\nsamples_per_prompt = 1000000000000\n"),
+        &["rl.samples_per_prompt must be <= 1024"],
+    );
     // All violations are reported together, and from_toml_str prefixes the source name.
     let text = MINIMAL.replace("name = \"tiny\"", "name = \"tiny\"\nsteps = 0") + "\n[rl]\nclip_eps_low = 1.5\n";
     assert_rejected(

@@ -1,6 +1,7 @@
 //! `RunConfig::validate`: value rules, each error naming its key path. All violations are reported at once.
 //!
-//! Rules:
+//! Rules (every count also has an upper bound, named in its message, far past any real run: a typo such as
+//! 1e12 samples is refused here instead of aborting the process with an allocation failure):
 //! - `run.name`: non-empty, only `[A-Za-z0-9._-]` (it names a directory); `run.steps >= 1`.
 //! - `agents`: at least one; `name` an identifier (`[A-Za-z_][A-Za-z0-9_]*`), unique; `prompt` compiles as
 //!   minijinja and uses only [`PROMPT_VARIABLES`] (plus minijinja's globals), and `previous.X` /
@@ -29,6 +30,11 @@ use anyhow::{bail, Result};
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
+/// Upper bounds of counts: tokens of one prompt or completion, samples of one prompt, episodes of one step.
+const TOKENS: u64 = 1 << 20;
+const SAMPLES: u64 = 1024;
+const EPISODES: u64 = 1_000_000;
+
 /// minijinja's default globals, allowed in prompt templates.
 const TEMPLATE_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug"];
 
@@ -51,8 +57,11 @@ impl Errors {
         self.check(ok, || format!("{key} must be in {interval}, got {v}"));
     }
 
-    fn at_least(&mut self, key: &str, v: u64, min: u64) {
+    /// A count in `[min, max]`: the upper bounds are far past any real run and stop a typo (1e12 samples)
+    /// before it becomes an allocation that aborts the process.
+    fn count(&mut self, key: &str, v: u64, min: u64, max: u64) {
         self.check(v >= min, || format!("{key} must be >= {min}, got {v}"));
+        self.check(v <= max, || format!("{key} must be <= {max}, got {v}"));
     }
 
     fn nonempty(&mut self, key: &str, v: &str) {
@@ -115,7 +124,7 @@ fn check_sampling(e: &mut Errors, key: &str, s: &SamplingOverrides) {
         e.within(&format!("{key}.top_p"), p, "(0, 1]");
     }
     if let Some(n) = s.max_new_tokens {
-        e.at_least(&format!("{key}.max_new_tokens"), n as u64, 1);
+        e.count(&format!("{key}.max_new_tokens"), n as u64, 1, TOKENS);
     }
 }
 
@@ -141,7 +150,7 @@ impl RunConfig {
         e.check(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), || {
             format!("run.name must be non-empty and use only [A-Za-z0-9._-], got `{name}`")
         });
-        e.at_least("run.steps", self.run.steps, 1);
+        e.count("run.steps", self.run.steps, 1, 10_000_000);
     }
 
     fn check_agents(&self, e: &mut Errors) {
@@ -160,7 +169,7 @@ impl RunConfig {
             }
             e.nonempty(&format!("{key}.prompt"), &a.prompt);
             check_prompt(e, &format!("{key}.prompt"), &a.prompt, &names);
-            e.at_least(&format!("{key}.max_actions"), a.max_actions.into(), 1);
+            e.count(&format!("{key}.max_actions"), a.max_actions.into(), 1, 100);
             e.check(a.max_actions <= 1 || !a.tools.is_empty(), || {
                 format!(
                     "{key}.max_actions is {} but the agent has no tools: only a tool result starts another action",
@@ -222,9 +231,9 @@ impl RunConfig {
             e.nonempty("coach.prompt_template", t);
         }
         e.within("coach.temperature", c.temperature, "[0, 2]");
-        e.at_least("coach.concurrency", c.concurrency as u64, 1);
+        e.count("coach.concurrency", c.concurrency as u64, 1, 1024);
         e.within("coach.timeout_s", c.timeout_s, "(0, 86400]");
-        e.at_least("coach.tool_output_chars", c.tool_output_chars as u64, 1);
+        e.count("coach.tool_output_chars", c.tool_output_chars as u64, 1, 10_000_000);
     }
 
     fn check_data(&self, e: &mut Errors) {
@@ -258,7 +267,7 @@ impl RunConfig {
         }
         e.within("data.holdout_fraction", d.holdout_fraction, "[0, 1)");
         if let Some(n) = d.train_sample {
-            e.at_least("data.train_sample", n as u64, 1);
+            e.count("data.train_sample", n as u64, 1, 100_000_000);
         }
         for (name, field) in &d.stage_files {
             e.file_name(&format!("data.stage_files.\"{name}\""), name);
@@ -282,13 +291,17 @@ impl RunConfig {
         e.within("rl.adam_eps", r.adam_eps, "(0, 1)");
         e.within("rl.weight_decay", r.weight_decay, "[0, inf)");
         e.within("rl.grad_clip", r.grad_clip, "(0, inf)");
-        e.at_least("rl.prompts_per_step", r.prompts_per_step as u64, 1);
-        e.at_least("rl.samples_per_prompt", r.samples_per_prompt as u64, 1);
-        e.at_least("rl.samples_per_optimizer_step", r.samples_per_optimizer_step as u64, 1);
-        e.at_least("rl.epochs_per_step", r.epochs_per_step as u64, 1);
-        e.at_least("rl.max_new_tokens", r.max_new_tokens as u64, 1);
-        e.at_least("rl.max_prompt_tokens", r.max_prompt_tokens as u64, 1);
-        e.at_least("rl.eval_samples_per_prompt", r.eval_samples_per_prompt as u64, 1);
+        e.count("rl.prompts_per_step", r.prompts_per_step as u64, 1, 100_000);
+        e.count("rl.samples_per_prompt", r.samples_per_prompt as u64, 1, SAMPLES);
+        e.count("rl.samples_per_optimizer_step", r.samples_per_optimizer_step as u64, 1, EPISODES);
+        let episodes_of_step = (r.prompts_per_step as u64).saturating_mul(r.samples_per_prompt as u64);
+        e.check(episodes_of_step <= EPISODES, || {
+            format!("rl.prompts_per_step * rl.samples_per_prompt must be <= {EPISODES} (one step's episodes), got {episodes_of_step}")
+        });
+        e.count("rl.epochs_per_step", r.epochs_per_step as u64, 1, 100);
+        e.count("rl.max_new_tokens", r.max_new_tokens as u64, 1, TOKENS);
+        e.count("rl.max_prompt_tokens", r.max_prompt_tokens as u64, 1, TOKENS);
+        e.count("rl.eval_samples_per_prompt", r.eval_samples_per_prompt as u64, 1, SAMPLES);
         e.within("rl.temperature", r.temperature, "(0, 2]");
         e.within("rl.eval_temperature", r.eval_temperature, "[0, 2]");
         e.within("rl.top_p", r.top_p, "(0, 1]");
@@ -305,10 +318,10 @@ impl RunConfig {
         let s = &self.sandbox;
         e.check(!s.python.as_os_str().is_empty(), || "sandbox.python must not be empty".into());
         e.within("sandbox.timeout_s", s.timeout_s, "(0, 86400]");
-        e.at_least("sandbox.cpu_seconds", s.cpu_seconds, 1);
-        e.at_least("sandbox.memory_mb", s.memory_mb, 64);
-        e.at_least("sandbox.file_size_mb", s.file_size_mb, 1);
-        e.at_least("sandbox.max_processes", s.max_processes, 1);
-        e.at_least("sandbox.output_chars", s.output_chars as u64, 1);
+        e.count("sandbox.cpu_seconds", s.cpu_seconds, 1, 86_400);
+        e.count("sandbox.memory_mb", s.memory_mb, 64, 1 << 20);
+        e.count("sandbox.file_size_mb", s.file_size_mb, 1, 1 << 20);
+        e.count("sandbox.max_processes", s.max_processes, 1, 10_000);
+        e.count("sandbox.output_chars", s.output_chars as u64, 1, 100_000_000);
     }
 }
