@@ -82,18 +82,31 @@ impl ModelConfig {
 
     /// Checks the relations the forward pass relies on.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("num_key_value_heads", self.num_kv_heads),
-            ("head_dim", self.head_dim),
+        // Sizes: positive, and below bounds far past any model this decoder runs (a corrupt header must not
+        // become an allocation that aborts).
+        let sizes = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_layers, 1 << 12),
+            ("num_attention_heads", self.num_heads, 1 << 12),
+            ("num_key_value_heads", self.num_kv_heads, 1 << 12),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
         ];
-        for (k, v) in positive {
-            if v == 0 {
-                bail!("{k} must be positive");
+        for (k, v, max) in sizes {
+            if v == 0 || v > max {
+                bail!("{k} must be in [1, {max}], got {v}");
+            }
+        }
+        let ids = self
+            .eos_token_ids
+            .iter()
+            .map(|&id| ("an end-of-text", id))
+            .chain(self.bos_token_id.map(|id| ("the begin-of-text", id)));
+        for (what, id) in ids {
+            if id as usize >= self.vocab_size {
+                bail!("{what} token id {id} is outside the vocabulary (size {})", self.vocab_size);
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {

@@ -210,6 +210,12 @@ fn pad32(out: &mut Vec<u8>) {
 
 /// A GGUF v3 file: header, metadata, tensor table, then the 32-aligned data section.
 fn gguf_bytes(meta: &[(String, Meta)], tensors: &[RawTensor]) -> Vec<u8> {
+    gguf_bytes_at(meta, tensors, &[])
+}
+
+/// `gguf_bytes`, with the tensor table's data offsets of the first tensors replaced by `offsets` (the data
+/// itself stays where `gguf_bytes` puts it).
+fn gguf_bytes_at(meta: &[(String, Meta)], tensors: &[RawTensor], offsets: &[u64]) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
     out.extend((tensors.len() as u64).to_le_bytes());
@@ -230,12 +236,12 @@ fn gguf_bytes(meta: &[(String, Meta)], tensors: &[RawTensor]) -> Vec<u8> {
         }
     }
     let mut offset = 0u64;
-    for t in tensors {
+    for (i, t) in tensors.iter().enumerate() {
         put_str(&mut out, &t.name);
         out.extend((t.dims.len() as u32).to_le_bytes());
         t.dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
         out.extend(t.ggml_type.to_le_bytes());
-        out.extend(offset.to_le_bytes());
+        out.extend(offsets.get(i).copied().unwrap_or(offset).to_le_bytes());
         offset = (offset + t.data.len() as u64).next_multiple_of(32);
     }
     for t in tensors {
@@ -548,5 +554,61 @@ fn truncated_smollm2_is_an_error_saying_what_broke() {
         if what.starts_with("tensor") {
             assert!(err.contains("tensor"), "cut in the {what} names no tensor: {err}");
         }
+    }
+}
+
+/// Tensor data regions must start on the alignment and must not overlap (llama.cpp refuses both); both
+/// loaded before, aliasing or shifting weights.
+#[test]
+fn misaligned_or_overlapping_tensor_data_is_refused() {
+    let c = common::tiny_config(Arch::Llama);
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, tensors, _) = tiny_file(&c, 3);
+    let second = (tensors[0].data.len() as u64).next_multiple_of(32);
+    let cases = [
+        (vec![0, second + 4], "not a multiple of the alignment 32"),
+        (vec![0, 0], "overlap"),
+        (vec![0, 32], "overlap"),
+    ];
+    for (offsets, says) in cases {
+        let path = write(dir.path(), "bad.gguf", &gguf_bytes_at(&meta, &tensors, &offsets));
+        let err = match GgufFile::open(&path) {
+            Ok(_) => panic!("offsets {offsets:?} opened"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(says) && err.contains(&tensors[1].name), "{offsets:?}: {err}");
+    }
+}
+
+/// A NaN or infinite weight is refused when the model is built, naming the tensor; so are an end-of-text id
+/// outside the vocabulary and a context of zero positions.
+#[test]
+fn non_finite_weights_and_out_of_range_ids_are_refused() {
+    let c = common::tiny_config(Arch::Qwen2);
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, mut tensors, _) = tiny_file(&c, 4);
+    let victim = tensors.iter().position(|t| t.name.contains("ffn_down")).expect("a down projection");
+    tensors[victim].data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    let path = write(dir.path(), "nan.gguf", &gguf_bytes(&meta, &tensors));
+    let (config, weights) = load_weights(&GgufFile::open(&path).unwrap()).unwrap();
+    let tokenizer = common::tiny_tokenizer(config.vocab_size);
+    let loaded = mappa::loader::LoadedModel { config, weights, tokenizer, path };
+    let err =
+        format!("{:#}", mappa::model::load(&loaded, mappa::model::Backend::Cpu).err().expect("NaN weights built"));
+    assert!(err.contains("non-finite") && err.contains("mlp.down_proj"), "{err}");
+
+    for (edit, says) in [
+        (
+            (|c: &mut ModelConfig| c.eos_token_ids = vec![c.vocab_size as u32]) as fn(&mut ModelConfig),
+            "outside the vocabulary",
+        ),
+        (|c| c.bos_token_id = Some(u32::MAX), "outside the vocabulary"),
+        (|c| c.max_position_embeddings = 0, "max_position_embeddings must be in [1, "),
+        (|c| c.vocab_size = usize::MAX, "vocab_size must be in [1, "),
+    ] {
+        let mut bad = c.clone();
+        edit(&mut bad);
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
     }
 }

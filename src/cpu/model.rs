@@ -22,7 +22,7 @@ use crate::config::ModelConfig;
 use crate::loader::LoadedModel;
 use crate::model::{StepBatch, StepSeq};
 use crate::tensor::{Tensor, Weights};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::ops::Range;
 
 /// One decoder layer: ranges of the model's `Arena`. q/k/v and gate/up are each one matrix (rows stacked),
@@ -137,6 +137,13 @@ impl Layout {
         for (name, shape) in parts {
             let start = values.len();
             values.extend(m.weights.get_shaped(name, shape)?.to_f32());
+            // One pass at load: a NaN or infinite weight would make every output garbage, silently.
+            if let Some(i) = values[start..].iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "tensor {name} holds a non-finite value ({}) at index {i}: the model file is corrupt",
+                    values[start + i]
+                );
+            }
             spans.push((name.clone(), shape.clone(), start..values.len()));
         }
         let r = self.arena.push(values);

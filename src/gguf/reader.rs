@@ -85,12 +85,49 @@ impl GgufFile {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        check_regions(&tensors, data_start, alignment, map.len())?;
         Ok(GgufFile { path: path.to_owned(), version, metadata, tensors, map: Arc::new(map) })
     }
 
     pub fn get(&self, key: &str) -> Result<&Value> {
         self.metadata.get(key).with_context(|| format!("missing metadata key {key:?}"))
     }
+}
+
+/// Each tensor's data region starts on the alignment, lies inside the file, and overlaps no other (llama.cpp
+/// refuses such files too; a region shared by two tensors would alias their weights). Regions of types this
+/// reader cannot size are checked for alignment only.
+fn check_regions(tensors: &[TensorInfo], data_start: usize, alignment: usize, file_len: usize) -> Result<()> {
+    let mut spans = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if (t.offset - data_start) % alignment != 0 {
+            bail!(
+                "tensor {:?}: its data offset {} is not a multiple of the alignment {alignment}",
+                t.name,
+                t.offset - data_start
+            );
+        }
+        let numel = t.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).and_then(|n| usize::try_from(n).ok());
+        let bytes = numel.and_then(|n| super::quant::byte_size(t.ggml_type, n).ok());
+        if let Some(bytes) = bytes {
+            let end = t.offset.checked_add(bytes).filter(|&e| e <= file_len);
+            let end = end.with_context(|| {
+                format!(
+                    "tensor {:?}: its {bytes} bytes at offset {} run past the end of the file (truncated?)",
+                    t.name, t.offset
+                )
+            })?;
+            spans.push((t.offset, end, &t.name));
+        }
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        let ((a_start, a_end, a), (b_start, _, b)) = (w[0], w[1]);
+        if a_end > b_start {
+            bail!("the data of tensors {a:?} (bytes {a_start}..{a_end}) and {b:?} (from {b_start}) overlap");
+        }
+    }
+    Ok(())
 }
 
 struct Cursor<'a> {
