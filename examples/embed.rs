@@ -16,7 +16,8 @@ fn main() -> Result<()> {
     };
     let loaded = mappa::loader::load(&path)?;
     let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
-    let backend = model::resolve_and_report(BackendChoice::Auto, "embed")?;
+    // Scoring (below) is part of the training half of the interface, so the backend must be able to train.
+    let backend = model::resolve_and_report(BackendChoice::Auto, model::Work::Training, "embed")?;
     let model = model::load(&loaded, backend)?;
 
     // Generate: three questions in one continuous batch, two samples of the last one sharing its prompt.
