@@ -182,3 +182,37 @@ fn backend_choice_is_honoured_and_recorded() {
     assert!(err.contains("device 1") && err.contains("cpu backend"), "{err}");
     assert!(!tmp.path().join("device-run").exists());
 }
+
+/// A start that fails (missing model, missing data) leaves no run directory behind, so the same command runs
+/// once the cause is fixed; a run directory in use by one process is refused to a second.
+#[test]
+fn failed_starts_leave_nothing_and_a_run_is_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = config(tmp.path(), 1);
+    let run_dir = good.run.dir.clone().unwrap();
+    let broken: [(fn(&mut RunConfig, &Path), &str); 2] = [
+        (|c, d| c.run.base_model = Some(d.join("no-such-model")), "no-such-model"),
+        (|c, d| c.data.train = d.join("no-such-tasks.jsonl"), "no-such-tasks.jsonl"),
+    ];
+    for (edit, names) in broken {
+        let mut bad = good.clone();
+        edit(&mut bad, tmp.path());
+        let err = format!("{:#}", Run::open(Open::New(Box::new(bad))).err().expect("a broken start"));
+        assert!(err.contains(names), "{err}");
+        assert!(!run_dir.exists(), "a failed start left {} behind ({err})", run_dir.display());
+    }
+    // The directory existing empty beforehand (made by the user) is emptied again, not removed.
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut bad = good.clone();
+    bad.data.train = tmp.path().join("missing.jsonl");
+    assert!(Run::open(Open::New(Box::new(bad))).is_err());
+    assert!(run_dir.is_dir() && std::fs::read_dir(&run_dir).unwrap().all(|e| e.unwrap().file_name() == ".lock"));
+
+    let run = Run::open(Open::New(Box::new(good.clone()))).expect("the fixed start runs");
+    let err = format!("{:#}", Run::open(Open::Resume(&run_dir)).err().expect("a second process on the run"));
+    assert!(err.contains("in use by another mappa process"), "{err}");
+    let err = format!("{:#}", Run::open(Open::New(Box::new(good))).err().expect("a second new run in the same dir"));
+    assert!(err.contains("already holds a run"), "{err}");
+    assert!(run_dir.join("config.toml").is_file(), "the refused attempts did not touch the live run");
+    drop(run);
+}

@@ -47,6 +47,8 @@ pub struct Run {
     sampler: TaskSampler,
     /// Rollout steps done.
     pub step: u64,
+    /// The run directory's lock, held while this `Run` lives.
+    _lock: std::fs::File,
 }
 
 impl Run {

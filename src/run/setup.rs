@@ -28,8 +28,20 @@ pub enum Open<'a> {
 }
 
 pub(super) fn open(how: Open) -> Result<Run> {
-    let (cfg, dir, from, backend) = match how {
+    // A new run's directory is made here; if anything after fails, the guard removes what the attempt
+    // wrote, so the same command can simply be run again.
+    let mut fresh: Option<FreshDir> = None;
+    let run = open_locked(how, &mut fresh);
+    if let (Ok(_), Some(f)) = (&run, fresh.as_mut()) {
+        f.keep = true;
+    }
+    run
+}
+
+fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
+    let (cfg, dir, from, backend, lock) = match how {
         Open::Resume(dir) | Open::Inspect(dir) => {
+            let lock = lock_dir(dir)?;
             let cfg = RunConfig::load(dir.join("config.toml"))?;
             let backend = choose_backend(&cfg)?;
             let Some((ckpt, state)) = checkpoint::latest(dir)? else {
@@ -39,7 +51,7 @@ pub(super) fn open(how: Open) -> Result<Run> {
                 drop_lines_after(&dir.join("metrics.jsonl"), state.step)?;
                 drop_lines_after(&dir.join("eval.jsonl"), state.step)?;
             }
-            (cfg, dir.to_path_buf(), Some((ckpt, state.step)), backend)
+            (cfg, dir.to_path_buf(), Some((ckpt, state.step)), backend, lock)
         }
         Open::New(cfg) => {
             let mut cfg = *cfg;
@@ -51,9 +63,15 @@ pub(super) fn open(how: Open) -> Result<Run> {
             };
             let dir = cfg.run_dir();
             check_fresh(&dir)?;
+            let created = !dir.exists();
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let lock = lock_dir(&dir)?;
+            // Another process may have started here between the first check and the lock: its files are not
+            // ours to clean up, so the guard is armed only once the directory is known to be ours.
+            check_fresh(&dir)?;
+            *fresh = Some(FreshDir { dir: dir.clone(), created, keep: false });
             std::fs::write(dir.join("config.toml"), cfg.to_toml_string()?)?;
-            (cfg, dir, None, backend)
+            (cfg, dir, None, backend, lock)
         }
     };
     cfg.check_paths()?;
@@ -98,6 +116,7 @@ pub(super) fn open(how: Open) -> Result<Run> {
     let mut base = base;
     base.weights = Default::default(); // only the tokenizer files are needed from here on
     Ok(Run {
+        _lock: lock,
         step: from.map_or(0, |(_, s)| s),
         cfg,
         dir,
@@ -214,10 +233,61 @@ fn drop_lines_after(path: &Path, step: u64) -> Result<()> {
     std::fs::write(path, keep).with_context(|| format!("rewriting {}", path.display()))
 }
 
-/// Checks that `dir` can start a new run: absent, or empty.
+/// The lock file inside a run directory, held by the process working on the run.
+const LOCK_FILE: &str = ".lock";
+
+/// Takes the run directory's lock (an advisory lock on `dir/.lock`, released when the process ends, however
+/// it ends): one process per run, so two cannot interleave metrics or checkpoints.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("{} is in use by another mappa process (it holds {LOCK_FILE}); wait for it to finish", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+/// A new run's directory during start-up: removed again (or emptied, if it existed empty) unless the start
+/// succeeded.
+struct FreshDir {
+    dir: std::path::PathBuf,
+    created: bool,
+    keep: bool,
+}
+
+impl Drop for FreshDir {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // Everything inside was written by this attempt: check_fresh found the directory empty.
+        let _ = match self.created {
+            true => std::fs::remove_dir_all(&self.dir),
+            false => std::fs::read_dir(&self.dir).map(|entries| {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                }
+            }),
+        };
+    }
+}
+
+/// Checks that `dir` can start a new run: absent, or empty but for a lock file.
 fn check_fresh(dir: &Path) -> Result<()> {
-    let busy =
-        dir.is_dir() && std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_some();
+    let busy = dir.is_dir()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .any(|e| e.file_name() != LOCK_FILE);
     ensure!(!busy, "{} already holds a run: resume it with --resume {0}, or set run.dir elsewhere", dir.display());
     Ok(())
 }
