@@ -106,6 +106,36 @@ fn two_steps_train_each_agent_and_resume_repeats_the_next_step() {
     }
     assert_eq!(weights(&ckpt.join("verifier")), agents[2], "the resumed step reproduces the weights");
 
+    // Faults at checkpoints: a corrupt newest checkpoint (truncated weights), what a killed save leaves (a
+    // temporary directory, a step directory without its state file). Resume sweeps the leftovers, falls back
+    // to step 1, and step 2 comes out the same once more.
+    let weights_file = ckpt.join("verifier/model.safetensors");
+    let bytes = std::fs::read(&weights_file).unwrap();
+    std::fs::write(&weights_file, &bytes[..100]).unwrap();
+    let (partial, unmarked) = (dir.join("checkpoints/.partial-step-000003.999"), dir.join("checkpoints/step-000009"));
+    for d in [&partial, &unmarked] {
+        std::fs::create_dir_all(d.join("solver")).unwrap();
+        std::fs::write(d.join("solver/model.safetensors"), vec![0u8; 1 << 20]).unwrap();
+    }
+    let mut run = Run::open(Open::Resume(&dir)).unwrap();
+    assert_eq!(run.step, 1, "the corrupt step 2 is passed over");
+    assert!(!partial.exists() && !unmarked.exists(), "interrupted checkpoints are removed at resume");
+    assert_eq!(metrics(&dir).len(), 3, "metrics after the checkpoint's step are dropped");
+    run.train().unwrap();
+    drop(run);
+    let m3 = metrics(&dir);
+    assert_eq!(m3.len(), 6, "no step lost or repeated in metrics.jsonl");
+    assert_eq!(weights(&ckpt.join("verifier")), agents[2], "step 2 again from step 1");
+    // A state beyond run.steps (2) is not resumed from either.
+    std::fs::write(ckpt.join("state.json"), r#"{"step": 99}"#).unwrap();
+    assert_eq!(Run::open(Open::Resume(&dir)).unwrap().step, 1, "a checkpoint past run.steps is passed over");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("step-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary checkpoint files left: {leftovers:?}");
+
     // The report reads the run.
     let index: PathBuf = mappa::report::write_report(&dir).unwrap();
     assert!(std::fs::read_to_string(index).unwrap().contains("code_executor"));

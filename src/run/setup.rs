@@ -5,13 +5,14 @@ use super::{checkpoint, Run};
 use crate::coach::MATHCHAT_TEMPLATE;
 use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
 use crate::data::{load_tasks, train_split, TaskSampler, HOLDOUT_NAME};
+use crate::loader::LoadedModel;
 use crate::model::{self, Backend, BackendChoice};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
 use crate::run_config::{CoachBackend, LrSchedule as Schedule, RunConfig};
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Trainer, TrainerConfig};
 use anyhow::{bail, ensure, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Samples packed into one training forward pass, in tokens.
@@ -39,19 +40,20 @@ pub(super) fn open(how: Open) -> Result<Run> {
 }
 
 fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
+    let resuming = matches!(how, Open::Resume(_));
     let (cfg, dir, from, backend, lock) = match how {
         Open::Resume(dir) | Open::Inspect(dir) => {
             let lock = lock_dir(dir)?;
             let cfg = RunConfig::load(dir.join("config.toml"))?;
             let backend = choose_backend(&cfg)?;
-            let Some((ckpt, state)) = checkpoint::latest(dir)? else {
-                bail!("{} has no complete checkpoint", dir.display());
-            };
-            if let Open::Resume(_) = how {
-                drop_lines_after(&dir.join("metrics.jsonl"), state.step)?;
-                drop_lines_after(&dir.join("eval.jsonl"), state.step)?;
+            if resuming {
+                checkpoint::sweep(dir)?;
             }
-            (cfg, dir.to_path_buf(), Some((ckpt, state.step)), backend, lock)
+            let (candidates, unreadable) = checkpoint::complete(dir)?;
+            if candidates.is_empty() {
+                bail!("{} has no complete checkpoint{}", dir.display(), listed(&unreadable));
+            }
+            (cfg, dir.to_path_buf(), Some((candidates, unreadable)), backend, lock)
         }
         Open::New(cfg) => {
             let mut cfg = *cfg;
@@ -89,17 +91,13 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
     let base = crate::loader::load(&base_path)?;
     let tok = Tokenizer::new(&base.tokenizer, &base.config)?;
     let reference = model::load(&base, backend)?;
-    let mut agents = Vec::with_capacity(cfg.agents.len());
-    for i in 0..cfg.agents.len() {
-        let tc = trainer_config(&cfg, i);
-        agents.push(match &from {
-            None => Trainer::new(model::load(&base, backend)?, tc, None)?,
-            Some((ckpt, _)) => {
-                let d = ckpt.join(&cfg.agents[i].name);
-                let m = crate::loader::load(&d)?;
-                Trainer::new(model::load(&m, backend)?, tc, Some(&d.join(checkpoint::OPTIMIZER_FILE)))?
-            }
-        });
+    let (agents, step) = match from {
+        None => (load_agents(&cfg, &base, backend, None)?, 0),
+        Some((candidates, unreadable)) => newest_usable(&cfg, &base, backend, candidates, unreadable)?,
+    };
+    if resuming {
+        drop_lines_after(&dir.join("metrics.jsonl"), step)?;
+        drop_lines_after(&dir.join("eval.jsonl"), step)?;
     }
     let tasks = load_tasks(&cfg.data.train, &cfg.data)?;
     let split = train_split(tasks, &cfg.data, cfg.run.seed)?;
@@ -115,20 +113,61 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
     let coach = build_coach(&cfg, &dir, backend)?;
     let mut base = base;
     base.weights = Default::default(); // only the tokenizer files are needed from here on
-    Ok(Run {
-        _lock: lock,
-        step: from.map_or(0, |(_, s)| s),
-        cfg,
-        dir,
-        base,
-        tok,
-        agents,
-        reference,
-        coach,
-        train: split.train,
-        eval_sets,
-        sampler,
-    })
+    Ok(Run { _lock: lock, step, cfg, dir, base, tok, agents, reference, coach, train: split.train, eval_sets, sampler })
+}
+
+/// Every agent as a trainer: from the base model, or from checkpoint directory `ckpt` (weights and optimizer).
+fn load_agents(cfg: &RunConfig, base: &LoadedModel, backend: Backend, ckpt: Option<&Path>) -> Result<Vec<Trainer>> {
+    let mut agents = Vec::with_capacity(cfg.agents.len());
+    for i in 0..cfg.agents.len() {
+        let tc = trainer_config(cfg, i);
+        agents.push(match ckpt {
+            None => Trainer::new(model::load(base, backend)?, tc, None)?,
+            Some(ckpt) => {
+                let d = ckpt.join(&cfg.agents[i].name);
+                let m = crate::loader::load(&d)?;
+                Trainer::new(model::load(&m, backend)?, tc, Some(&d.join(checkpoint::OPTIMIZER_FILE)))?
+            }
+        });
+    }
+    Ok(agents)
+}
+
+/// The agents of the newest checkpoint that loads and fits the run (its step within `run.steps`), and its
+/// step. Passing over a newer one says why on stderr; when none is usable, the error lists every reason.
+fn newest_usable(
+    cfg: &RunConfig,
+    base: &LoadedModel,
+    backend: Backend,
+    candidates: Vec<(PathBuf, checkpoint::State)>,
+    mut unusable: Vec<String>,
+) -> Result<(Vec<Trainer>, u64)> {
+    for (ckpt, state) in candidates {
+        let loaded = match state.step <= cfg.run.steps {
+            true => load_agents(cfg, base, backend, Some(&ckpt)),
+            false => Err(anyhow::anyhow!("its step {} is beyond run.steps = {}", state.step, cfg.run.steps)),
+        };
+        match loaded {
+            Ok(agents) => {
+                if !unusable.is_empty() {
+                    eprintln!(
+                        "resuming from {} (step {}), passing over:{}",
+                        ckpt.display(),
+                        state.step,
+                        listed(&unusable)
+                    );
+                }
+                return Ok((agents, state.step));
+            }
+            Err(e) => unusable.push(format!("{}: {e:#}", ckpt.display())),
+        }
+    }
+    bail!("no usable checkpoint:{}", listed(&unusable))
+}
+
+/// Reasons, one per line after a colon-ended lead.
+fn listed(reasons: &[String]) -> String {
+    reasons.iter().map(|r| format!("\n  {r}")).collect()
 }
 
 fn trainer_config(cfg: &RunConfig, agent: usize) -> TrainerConfig {
