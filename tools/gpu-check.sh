@@ -62,12 +62,6 @@ run)
     skipped=$(grep -c '^SKIPPED' "$logs/$name.log" || true)
     rows+=("$(printf '%-22s %-7s skipped %-3s %s' "$name" "$status" "$skipped" "$summary")")
   done
-  # The kernel tests once more under compute-sanitizer's memcheck (out-of-bounds and misaligned accesses).
-  for name in cuda_kernels cuda_attention cuda_sample; do
-    if compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.memcheck.log" 2>&1; then
-      status=ok; else status=FAILED; fi
-    rows+=("$(printf '%-22s %-7s %s' "$name:memcheck" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.memcheck.log" | tail -1)")")
-  done
   # Benchmarks: ours, then the transformers peer on the same prompts, joined by batch.
   BENCH_PROMPTS="$logs/prompts.json" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
     && status=ok || status=FAILED
@@ -76,6 +70,12 @@ run)
     && python3 tools/peer_generate.py "$STAGE/hf" "$logs/prompts.json" > "$logs/peer.jsonl" 2> "$logs/peer.log" \
     && status=ok || status=FAILED
   rows+=("$(printf '%-22s %-7s' transformers_peer "$status")")
+  # Last (slowest; a time limit cuts only this): the kernel tests under compute-sanitizer's memcheck.
+  for name in cuda_kernels cuda_attention cuda_sample; do
+    if compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.memcheck.log" 2>&1; then
+      status=ok; else status=FAILED; fi
+    rows+=("$(printf '%-22s %-7s %s' "$name:memcheck" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.memcheck.log" | tail -1)")")
+  done
   python3 - "$logs" <<'PY'
 import json, sys, pathlib
 d = pathlib.Path(sys.argv[1])
