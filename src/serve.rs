@@ -55,12 +55,15 @@ pub struct ServeArgs {
     pub kv_fraction: f32,
 }
 
+/// Most connection workers (each is a thread).
+const MAX_WORKERS: usize = 1024;
+
 /// Largest request body read; a larger one is a 413.
 const MAX_BODY: u64 = 16 << 20;
 
 pub fn run(a: ServeArgs) -> Result<()> {
     ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
-    ensure!(a.workers > 0, "--workers must be at least 1");
+    ensure!(a.workers > 0 && a.workers <= MAX_WORKERS, "--workers must be in [1, {MAX_WORKERS}], got {}", a.workers);
     ensure!(a.kv_fraction > 0.0 && a.kv_fraction <= 0.95, "--kv-fraction must be in (0, 0.95], got {}", a.kv_fraction);
     let engine = Served::load(&a)?;
     let server =
