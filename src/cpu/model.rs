@@ -121,6 +121,16 @@ pub fn split_params<'a>(params: &[Param], mut flat: &'a mut [f32]) -> Vec<&'a mu
     out
 }
 
+/// The tensors of `params`, by name, out of `flat` (a buffer in the arena's layout): what a checkpoint
+/// writes, from either backend's copy of the weights.
+pub fn weights_from(params: &[Param], flat: &[f32]) -> Weights {
+    let mut w = Weights::default();
+    for p in params {
+        w.tensors.insert(p.name.clone(), Tensor::from_f32(p.shape.clone(), flat[p.range.clone()].to_vec()));
+    }
+    w
+}
+
 /// Lays tensors out in the arena and records their names.
 #[derive(Default)]
 struct Layout {
@@ -253,11 +263,7 @@ impl CpuModel {
 
     /// A copy of the weights by Hugging Face name, for writing a checkpoint.
     pub fn to_weights(&self) -> Weights {
-        let mut w = Weights::default();
-        for p in &self.params {
-            w.tensors.insert(p.name.clone(), Tensor::from_f32(p.shape.clone(), self.arena[p.range.clone()].to_vec()));
-        }
-        w
+        weights_from(&self.params, self.flat())
     }
 
     /// The LM head's range: `lm_head.weight`, or the embedding when tied.

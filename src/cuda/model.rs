@@ -30,12 +30,13 @@ use super::sample::Sampler;
 use super::swiglu::swiglu;
 use super::Gpu;
 use crate::config::ModelConfig;
+use crate::cpu::model::weights_from;
 use crate::cpu::model::Layer;
 use crate::cpu::{CpuModel, Param};
 use crate::loader::LoadedModel;
 use crate::model::{check_step, Backend, KvPool, Model, Packed, Sampled, StepBatch};
 use crate::optim::AdamWConfig;
-use crate::tensor::{Tensor, Weights};
+use crate::tensor::Weights;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
@@ -444,11 +445,7 @@ impl Model for CudaModel {
     /// The bf16 weights, widened to f32 (a checkpoint of a CUDA model holds bf16-exact values).
     fn weights(&self) -> Result<Weights> {
         let host = self.gpu.download(&self.weights.slice(..)).context("reading the weights back from the GPU")?;
-        let mut w = Weights::default();
-        for p in &self.params {
-            let values = host[p.range.clone()].iter().map(|v| v.to_f32()).collect();
-            w.tensors.insert(p.name.clone(), Tensor::from_f32(p.shape.clone(), values));
-        }
-        Ok(w)
+        let flat: Vec<f32> = host.iter().map(|v| v.to_f32()).collect();
+        Ok(weights_from(&self.params, &flat))
     }
 }
