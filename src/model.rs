@@ -82,17 +82,24 @@ pub fn cuda_unavailable(work: Work) -> Option<String> {
 /// The backend `choice` resolves to for `work`: `auto` takes CUDA when it can do the work, else the CPU; an
 /// explicit `cuda` that cannot is an error that says why.
 pub fn resolve(choice: BackendChoice, work: Work) -> Result<Backend> {
-    match (choice, cuda_unavailable(work)) {
+    pick(choice, cuda_unavailable(work).as_deref())
+}
+
+/// `choice` given why CUDA cannot do the work (None: it can).
+fn pick(choice: BackendChoice, cuda_why_not: Option<&str>) -> Result<Backend> {
+    match (choice, cuda_why_not) {
         (BackendChoice::Cpu, _) | (BackendChoice::Auto, Some(_)) => Ok(Backend::Cpu),
         (BackendChoice::Auto | BackendChoice::Cuda, None) => Ok(Backend::Cuda),
         (BackendChoice::Cuda, Some(why)) => bail!("the CUDA backend was asked for, but {why}; use the cpu backend"),
     }
 }
 
-/// `resolve`, saying on stderr which backend was chosen and, for `auto` on the CPU, why not CUDA.
+/// `resolve`, saying on stderr which backend was chosen and, for `auto` on the CPU, why not CUDA. The
+/// device is probed once.
 pub fn resolve_and_report(choice: BackendChoice, work: Work, what: &str) -> Result<Backend> {
-    let b = resolve(choice, work)?;
-    match (choice, b, cuda_unavailable(work)) {
+    let why = cuda_unavailable(work);
+    let b = pick(choice, why.as_deref())?;
+    match (choice, b, why) {
         (BackendChoice::Auto, Backend::Cpu, Some(why)) => eprintln!("{what}: backend cpu (auto: {why})"),
         _ => eprintln!("{what}: backend {b}"),
     }
