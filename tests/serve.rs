@@ -11,7 +11,7 @@ use mappa::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::served::{Served, MODEL};
 /// The tiny model's context length (tests/common's tiny_config).
@@ -322,6 +322,7 @@ fn bad_requests_are_400_with_an_error_object() {
         (json!({"model": MODEL}).to_string(), "invalid_request"),
         (json!({"messages": []}).to_string(), "invalid_value"),
         (json!({"messages": user, "n": 2}).to_string(), "invalid_value"),
+        (json!({"messages": user, "top_logprobs": 3}).to_string(), "unsupported"),
         (json!({"messages": user, "temperature": -1}).to_string(), "invalid_value"),
         (json!({"messages": user, "temperature": "hot"}).to_string(), "invalid_request"),
         (json!({"messages": user, "top_p": 0}).to_string(), "invalid_value"),
@@ -339,8 +340,17 @@ fn bad_requests_are_400_with_an_error_object() {
         assert_error(status, &v, 400, code, body);
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
+    for (field, value, param) in
+        [("n", json!(2), "n"), ("top_logprobs", json!(3), "top_logprobs"), ("messages", json!([]), "messages")]
+    {
+        let mut body = json!({"messages": user});
+        body[field] = value;
+        let (_, v) = served.post("/v1/chat/completions", &body.to_string());
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
     let (status, v) = served.post("/v1/chat/completions", &json!({"model": "gpt-4o", "messages": user}).to_string());
     assert_error(status, &v, 404, "model_not_found", "wrong model");
+    assert_eq!(v["error"]["param"], "model", "{v}");
     assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("gpt-4o")), "{v}");
     // Still serving.
     served.chat(&greedy_body(2));
@@ -363,7 +373,7 @@ fn unknown_path_is_404_and_wrong_method_405() {
 
 #[test]
 fn concurrent_requests_get_the_greedy_answer() {
-    let served = Served::start(&["--workers", "3"]);
+    let served = Served::start(&["--max-connections", "3"]);
     let expected = Reference::load(&served).generate(&messages(), 24, greedy()).text;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..4).map(|_| s.spawn(|| served.chat(&greedy_body(24)))).collect();
@@ -420,8 +430,10 @@ fn bad_flags_are_refused_at_start() {
     for (flag, value, want) in [
         ("--kv-fraction", "1.5", "(0, 0.95]"),
         ("--kv-fraction", "0", "(0, 0.95]"),
-        ("--workers", "0", "[1, 1024]"),
-        ("--workers", "100000000", "[1, 1024]"),
+        ("--max-connections", "0", "[1, 65536]"),
+        ("--max-connections", "100000000", "[1, 65536]"),
+        ("--timeout", "0", "[0.1, 86400]"),
+        ("--timeout", "NaN", "[0.1, 86400]"),
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_mappa"))
             .args(["serve", "--model", "/nonexistent", flag, value])
@@ -430,4 +442,139 @@ fn bad_flags_are_refused_at_start() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(flag) && err.contains(want), "{flag} {value}: {err}");
     }
+}
+
+/// A sample of `GET /metrics` without labels.
+fn metric(served: &Served, name: &str) -> u64 {
+    let mut response = served.agent.get(&served.url("/metrics")).call().expect("GET /metrics");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.body_mut().read_to_string().expect("metrics text");
+    let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+    let line = line.unwrap_or_else(|| panic!("no sample {name} in:\n{text}"));
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("not a count: {line}"))
+}
+
+/// Polls `cond` every 10 ms until it holds or `secs` pass; says whether it held.
+fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Clients that stall (headers never finished, a body that never comes, a connection that sends nothing)
+/// are cut off after `--timeout`, and connections beyond `--max-connections` wait their turn: before, four
+/// stalled bodies held all four workers and every later request hung.
+#[test]
+fn stalled_clients_are_cut_off_and_others_still_served() {
+    let served = Served::start(&["--max-connections", "4", "--timeout", "1"]);
+    let open = |first: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+        c.write_all(first.as_bytes()).expect("send");
+        c
+    };
+    let body = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000000\r\n\r\n{\"messages\": [";
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Len";
+    let stalled: Vec<(TcpStream, bool)> =
+        [(body, true), (body, true), (body, true), (head, false), (head, false), ("", false), ("", false)]
+            .into_iter()
+            .map(|(first, answered)| (open(first), answered))
+            .collect();
+    let t0 = Instant::now();
+    let v = served.chat(&greedy_body(4));
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "served only after {:?}", t0.elapsed());
+    for (i, (mut c, answered)) in stalled.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap_or_else(|e| panic!("stalled connection {i} was not closed: {e}"));
+        let got = String::from_utf8_lossy(&got);
+        if answered {
+            assert!(got.starts_with("HTTP/1.1 408"), "connection {i}: {got}");
+            assert!(got.contains("request_timeout"), "connection {i}: {got}");
+        }
+    }
+    // Open now: this metrics request and the agent's kept-alive connection of the chat request.
+    assert!(metric(&served, "mappa_http_connections_open") <= 2, "stalled connections are still counted open");
+}
+
+/// A client that leaves before its answer stops its generation at the next token; before, it ran on to the
+/// token budget. The tiny model gets a long context so that the budget would take a while.
+#[test]
+fn a_client_that_leaves_stops_its_generation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(MODEL);
+    let mut model = common::tiny_chat_model(common::served::SEED);
+    model.config.max_position_embeddings = 1 << 16;
+    mappa::hf::write_dir(&model, &path, mappa::tensor::DType::F32).expect("writing the model");
+    let served = Served::spawn(path, Some(dir), &["--timeout", "2"]);
+    // Control: greedy, this prompt's first `budget` tokens hold no stop token.
+    let budget = 2000;
+    let v = served.chat(&greedy_body(budget));
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let before = metric(&served, "mappa_engine_generated_tokens_total");
+
+    let body = greedy_body(60_000).to_string();
+    let mut conn = TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("sending the request");
+    let started = eventually(60, || metric(&served, "mappa_engine_generated_tokens_total") > before + 5);
+    assert!(started, "the generation did not start");
+    assert_eq!(metric(&served, "mappa_completions_running"), 1);
+    drop(conn);
+    let stopped = eventually(5, || {
+        metric(&served, "mappa_engine_sequences_running") == 0 && metric(&served, "mappa_completions_running") == 0
+    });
+    assert!(stopped, "the generation went on after its client left");
+    let after = metric(&served, "mappa_engine_generated_tokens_total");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric(&served, "mappa_engine_generated_tokens_total"), after, "tokens still being generated");
+    assert!(after - before < budget as u64, "{} tokens generated for nobody", after - before);
+
+    // A streaming client that stops reading: once the socket buffers are full, a write waits past --timeout
+    // and the connection is dropped, and with it the generation.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], served.port)).into()).expect("connect");
+    let mut conn = TcpStream::from(socket);
+    let mut body = greedy_body(60_000);
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("sending the request");
+    assert!(eventually(60, || metric(&served, "mappa_completions_running") == 1), "the stream did not start");
+    let stopped = eventually(60, || {
+        metric(&served, "mappa_engine_sequences_running") == 0 && metric(&served, "mappa_completions_running") == 0
+    });
+    assert!(stopped, "a stream nobody reads went on");
+    let generated = metric(&served, "mappa_engine_generated_tokens_total") - after;
+    assert!(generated < 60_000, "the stream ran to its budget");
+    drop(conn);
+}
+
+#[test]
+fn health_and_metrics_answer() {
+    let served = Served::start(&[]);
+    let (status, v) = served.get("/health");
+    assert_eq!((status, &v["status"]), (200, &json!("ok")), "{v}");
+    served.chat(&greedy_body(3));
+    assert_eq!(metric(&served, "mappa_completion_tokens_total"), 3);
+    assert_eq!(metric(&served, "mappa_engine_up"), 1);
+    assert!(metric(&served, "mappa_engine_kv_blocks") > 0);
+    assert_eq!(metric(&served, "mappa_engine_kv_blocks_used"), 0, "blocks are freed after the request");
+    let (status, v) = served.post("/health", "{}");
+    assert_error(status, &v, 405, "method_not_allowed", "POST /health");
 }

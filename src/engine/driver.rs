@@ -173,6 +173,11 @@ impl<'m> Engine<'m> {
         self.blocks.in_use()
     }
 
+    /// Sequences running now, and waiting for admission.
+    pub fn counts(&self) -> (usize, usize) {
+        self.sched.counts()
+    }
+
     pub(super) fn max_seqs(&self) -> usize {
         self.sched.max_seqs()
     }

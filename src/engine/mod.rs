@@ -25,7 +25,7 @@ use serde::Serialize;
 
 pub use batch::{generate, generate_batch};
 pub use driver::Engine;
-pub use service::{EngineService, Update};
+pub use service::{EngineService, ServiceLoad, Update};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -77,6 +77,11 @@ impl Scheduler {
         self.seqs.is_empty()
     }
 
+    /// Sequences running now, and waiting for admission (new or preempted).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.running.len(), self.waiting.len())
+    }
+
     pub fn seq(&self, id: SeqId) -> Option<&Seq> {
         self.seqs.get(&id)
     }

@@ -1,13 +1,19 @@
-//! An engine on its own thread, fed from any number of threads: what `mappa serve` runs. Each submitted
-//! request joins the one continuous batch at the next step and gets its own channel of updates; a caller
-//! that drops its receiver (a client that went away, a stop string reached) has its sequence aborted at the
-//! next token, so no generation runs on for nobody.
+//! An engine on its own thread, fed from any number of threads or async tasks: what `mappa serve` runs.
+//! Each submitted request joins the one continuous batch at the next step and gets its own channel of
+//! updates; a caller that drops its receiver (a client that went away, a stop string reached) has its
+//! sequence aborted at the next token, so no generation runs on for nobody.
+//!
+//! The update channels are tokio's unbounded ones: the engine thread sends without blocking or awaiting,
+//! and an async handler awaits them, so dropping the handler's future (hyper does when its client
+//! disconnects) drops the receiver and cancels the generation.
 use super::{Engine, EngineConfig, Event, Generation, Request, SeqId};
 use crate::model::Model;
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// What a submitted sequence hears.
 #[derive(Debug)]
@@ -21,16 +27,30 @@ pub enum Update {
     Failed(String),
 }
 
+/// The engine's state after its last step, for monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceLoad {
+    /// Sequences decoding or prefilling, and waiting for admission.
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks: usize,
+    /// Tokens sampled since the start, and prompt tokens computed (prefix-cache hits excluded).
+    pub generated_tokens: u64,
+    pub prefill_tokens: u64,
+}
+
 struct Submission {
     req: Request,
     /// One per sample of the request.
-    replies: Vec<Sender<Update>>,
+    replies: Vec<UnboundedSender<Update>>,
 }
 
 /// A cheap, cloneable handle to an engine thread; the thread ends when every handle is dropped.
 #[derive(Clone)]
 pub struct EngineService {
     tx: Sender<Submission>,
+    load: Arc<Mutex<ServiceLoad>>,
 }
 
 impl EngineService {
@@ -39,30 +59,47 @@ impl EngineService {
     pub fn spawn(model: Box<dyn Model>, cfg: EngineConfig) -> Result<(EngineService, JoinHandle<()>)> {
         let (tx, rx) = channel();
         let (ready_tx, ready_rx) = channel();
+        let load = Arc::new(Mutex::new(ServiceLoad::default()));
+        let published = load.clone();
         let thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
             match Engine::new(model.as_ref(), cfg) {
                 Ok(engine) => {
                     drop(ready_tx.send(Ok(())));
-                    run(engine, rx);
+                    run(engine, rx, &published);
                 }
                 Err(e) => drop(ready_tx.send(Err(e))),
             }
         })?;
         ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while starting"))??;
-        Ok((EngineService { tx }, thread))
+        Ok((EngineService { tx, load }, thread))
     }
 
     /// Adds `req` to the batch; one receiver per sample, in order.
-    pub fn submit(&self, req: Request) -> Result<Vec<Receiver<Update>>> {
-        let (replies, receivers): (Vec<_>, Vec<_>) = req.samples.iter().map(|_| channel()).unzip();
+    pub fn submit(&self, req: Request) -> Result<Vec<UnboundedReceiver<Update>>> {
+        let (replies, receivers): (Vec<_>, Vec<_>) = req.samples.iter().map(|_| unbounded_channel()).unzip();
         self.tx.send(Submission { req, replies }).map_err(|_| anyhow!("the engine thread has stopped"))?;
         Ok(receivers)
     }
+
+    /// The engine's state after its last step.
+    pub fn load(&self) -> ServiceLoad {
+        *self.load.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-fn run(mut engine: Engine, rx: Receiver<Submission>) {
-    let mut senders: HashMap<SeqId, Sender<Update>> = HashMap::new();
+fn run(mut engine: Engine, rx: Receiver<Submission>, load: &Mutex<ServiceLoad>) {
+    let mut senders: HashMap<SeqId, UnboundedSender<Update>> = HashMap::new();
+    let mut generated = 0u64;
     loop {
+        let (running, waiting) = engine.counts();
+        *load.lock().unwrap_or_else(|e| e.into_inner()) = ServiceLoad {
+            running,
+            waiting,
+            kv_blocks_used: engine.used_blocks(),
+            kv_blocks: engine.num_blocks(),
+            generated_tokens: generated,
+            prefill_tokens: engine.stats().prefill_tokens,
+        };
         // Wait while idle; otherwise take whatever arrived and go on stepping.
         let first = if engine.is_idle() {
             match rx.recv() {
@@ -82,7 +119,10 @@ fn run(mut engine: Engine, rx: Receiver<Submission>) {
             Ok(events) => {
                 for ev in events {
                     let (seq, update) = match ev {
-                        Event::Token { seq, id, logprob } => (seq, Update::Token { id, logprob }),
+                        Event::Token { seq, id, logprob } => {
+                            generated += 1;
+                            (seq, Update::Token { id, logprob })
+                        }
                         Event::Finished { seq, generation } => (seq, Update::Done(generation)),
                     };
                     let done = matches!(update, Update::Done(_));

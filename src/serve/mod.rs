@@ -1,0 +1,184 @@
+//! `mappa serve`: an OpenAI-compatible HTTP server for one model (a Hugging Face directory, e.g. a training
+//! checkpoint, or a .gguf file). Any OpenAI client, our own [`crate::coach::HttpCoach`] included, can then
+//! chat with a model or a checkpoint: to try it, to use it as a coach, to evaluate it.
+//!
+//! Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (text messages;
+//! `temperature`, `top_p`, `top_k`, `seed`, `max_tokens`/`max_completion_tokens`, `stop`, `n` = 1, `logprobs`,
+//! `stream`, `stream_options.include_usage`), `GET /health` and `GET /metrics` (Prometheus text). Errors are
+//! OpenAI's JSON (`{"error": {"message", "type", "code", "param"}}`).
+//!
+//! - `http`: hyper on a small tokio runtime, with a bounded number of connections and a timeout on every
+//!   stage a client controls (headers, idle keep-alive, the body, each write), so slow or stalled clients
+//!   cannot take the server. A handler whose client goes away is dropped, and with it the generation.
+//! - Every request is submitted to one engine thread ([`EngineService`]), so concurrent requests decode
+//!   together in one continuous batch; decoding is the engine's, the same as in rollouts.
+//! - `chat`: the request's fields, validated; `completion`: one sequence's text as it is generated, cut at
+//!   stop strings; `stream`: Server-Sent Events; `error`: OpenAI's error objects; `metrics`: the counters.
+//! - The token budget is `max_tokens` (else `--max-tokens`), capped by the room the prompt leaves in the
+//!   model's context; a prompt that leaves no room is a 400.
+mod chat;
+mod completion;
+mod error;
+mod http;
+mod metrics;
+mod stream;
+
+use crate::engine::{EngineConfig, EngineService};
+use crate::model::BackendChoice;
+use crate::tokenizer::Tokenizer;
+use anyhow::{ensure, Context, Result};
+use error::ApiError;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// A Hugging Face model directory (e.g. a training checkpoint) or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port; the startup line on stderr names the one bound.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model id that /v1/models reports and requests may name [default: the model's directory name or
+    /// file stem].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Completion token budget of requests that set none.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Connections open at once; further ones wait in the listen queue until one closes.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers (or stay idle between requests), to send its
+    /// body, and to take each piece of the response.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// auto: CUDA when it can run here, else the CPU.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub device: BackendChoice,
+    /// On a GPU, the fraction of the device memory free after loading that the KV pool takes.
+    #[arg(long, default_value_t = EngineConfig::default().kv_fraction)]
+    pub kv_fraction: f32,
+}
+
+/// Bounds of the server's flags.
+const MAX_CONNECTIONS: usize = 65536;
+const MAX_TIMEOUT_S: f64 = 86400.0;
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
+    ensure!(
+        (1..=MAX_CONNECTIONS).contains(&a.max_connections),
+        "--max-connections must be in [1, {MAX_CONNECTIONS}], got {}",
+        a.max_connections
+    );
+    ensure!(
+        a.timeout >= 0.1 && a.timeout <= MAX_TIMEOUT_S,
+        "--timeout must be in [0.1, {MAX_TIMEOUT_S}] seconds, got {}",
+        a.timeout
+    );
+    ensure!(a.kv_fraction > 0.0 && a.kv_fraction <= 0.95, "--kv-fraction must be in (0, 0.95], got {}", a.kv_fraction);
+    let served = Served::load(&a)?;
+    let limits = http::Limits { max_connections: a.max_connections, timeout: Duration::from_secs_f64(a.timeout) };
+    // The engine thread does the heavy work; the runtime only parses, tokenizes and writes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("serve")
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    runtime.block_on(http::serve(served, &a.host, a.port, limits))
+}
+
+/// What the handlers share, read-only.
+struct Served {
+    engine: EngineService,
+    /// The engine thread: finished only if it failed.
+    engine_thread: JoinHandle<()>,
+    tok: Tokenizer,
+    name: String,
+    /// The model's context length (`max_position_embeddings`): prompt and completion together.
+    context: usize,
+    default_max_tokens: usize,
+    /// Unix seconds at startup: the model's `created`.
+    created: u64,
+    metrics: metrics::Counters,
+}
+
+impl Served {
+    fn load(a: &ServeArgs) -> Result<Served> {
+        let backend = crate::model::resolve_and_report(a.device, crate::model::Work::Inference, "mappa serve")?;
+        let loaded = crate::loader::load(&a.model)?;
+        let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
+        let model = crate::model::load(&loaded, backend)
+            .with_context(|| format!("building the {backend} model from {}", a.model.display()))?;
+        let cfg = EngineConfig { kv_fraction: a.kv_fraction, ..EngineConfig::default() };
+        let (engine, engine_thread) = EngineService::spawn(model, cfg)?;
+        Ok(Served {
+            engine,
+            engine_thread,
+            tok,
+            name: a.name.clone().unwrap_or_else(|| default_name(&a.model)),
+            context: loaded.config.max_position_embeddings,
+            default_max_tokens: a.max_tokens,
+            created: unix_now(),
+            metrics: metrics::Counters::default(),
+        })
+    }
+
+    fn model_object(&self) -> Value {
+        json!({"id": self.name, "object": "model", "created": self.created, "owned_by": "mappa"})
+    }
+
+    /// A request's `model`: absent, or the served name.
+    fn check_model(&self, id: &str) -> Result<(), ApiError> {
+        if id == self.name {
+            return Ok(());
+        }
+        let message = format!("The model `{id}` does not exist; this server serves `{}`", self.name);
+        Err(ApiError::new(404, "invalid_request_error", "model_not_found", message))
+    }
+
+    /// Completion tokens allowed: the request's maximum (else the server's), capped by the room the prompt
+    /// leaves in the context.
+    fn budget(&self, prompt_len: usize, requested: Option<u64>) -> Result<usize, ApiError> {
+        let context = self.context;
+        if prompt_len >= context {
+            let message = format!(
+                "the prompt is {prompt_len} tokens; this model's context is {context} tokens, so a prompt may have \
+                 at most {}",
+                context.saturating_sub(1)
+            );
+            return Err(ApiError::invalid("context_length_exceeded", message));
+        }
+        let max = match requested {
+            None => self.default_max_tokens,
+            Some(n) if n == 0 || n > context as u64 => {
+                let message =
+                    format!("max_tokens must be between 1 and the model's context length ({context}), got {n}");
+                return Err(ApiError::invalid("invalid_value", message));
+            }
+            Some(n) => n as usize,
+        };
+        Ok(max.min(self.context - prompt_len))
+    }
+}
+
+/// A directory's name, or a file's name without its extension.
+fn default_name(path: &Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    name.map_or_else(|| "mappa".into(), |n| n.to_string_lossy().into_owned())
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{:016x}", rand::random::<u64>())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
