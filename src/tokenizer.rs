@@ -91,6 +91,24 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The bytes token `id` stands for in decoded text: a special token's text, a byte-level BPE token's
+    /// bytes, a SentencePiece byte token's byte, or a SentencePiece piece with `▁` as a space. None for an id
+    /// outside the vocabulary. Unlike decoding the token alone, this keeps a part of a multi-byte character.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        if let Some(t) = self.inner.get_added_tokens_decoder().get(&id) {
+            return Some(t.content.clone().into_bytes());
+        }
+        let piece = self.inner.id_to_token(id)?;
+        if let Some(tokenizers::decoders::DecoderWrapper::ByteLevel(_)) = self.inner.get_decoder() {
+            return piece.chars().map(byte_level_byte).collect();
+        }
+        let byte = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).filter(|h| h.len() == 2);
+        match byte.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => Some(vec![b]),
+            None => Some(piece.replace('\u{2581}', " ").into_bytes()),
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -117,6 +135,18 @@ impl Tokenizer {
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         self.encode(&self.apply_chat_template(messages, true)?, false)
     }
+}
+
+/// The byte a character of a byte-level BPE vocabulary stands for (GPT-2's alphabet): printable Latin-1 bytes
+/// stand for themselves, and the n-th other byte is written as U+0100 + n.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let c = c as u32;
+    if let Ok(b) = u8::try_from(c) {
+        return printable(b).then_some(b);
+    }
+    let n = usize::try_from(c.checked_sub(256)?).ok()?;
+    (0..=255u8).filter(|&b| !printable(b)).nth(n)
 }
 
 /// Turns a growing list of token ids into text pieces as they become printable: a multi-byte character

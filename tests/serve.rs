@@ -229,6 +229,87 @@ fn greedy_completion_matches_in_process_generation() {
         assert!((got - want).abs() < 1e-4, "logprob {got} vs {want}");
         assert!(entry["token"].is_string(), "{entry}");
     }
+    assert_eq!(token_bytes(content), expected.text.as_bytes(), "the tokens' bytes spell the text");
+}
+
+/// `n` choices share one prompt; choice i samples with seed + i, streamed or not.
+#[test]
+fn n_choices_each_sample_with_their_own_seed() {
+    let served = Served::start(&[]);
+    let reference = Reference::load(&served);
+    let body = json!({"messages": messages(), "temperature": 1.0, "seed": 40, "max_tokens": 12, "n": 3});
+    let v = served.chat(&body);
+    let choices = v["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3, "{v}");
+    let mut completion_tokens = 0;
+    for (i, choice) in choices.iter().enumerate() {
+        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 40 + i as u64 };
+        let want = reference.generate(&messages(), 12, params);
+        assert_eq!(choice["index"], i);
+        assert_eq!(choice["message"]["content"], want.text.as_str(), "choice {i}");
+        completion_tokens += want.tokens.len();
+    }
+    assert_ne!(choices[0]["message"]["content"], choices[1]["message"]["content"]);
+    let p = reference.generate(&messages(), 1, greedy()).prompt.len();
+    let usage =
+        json!({"prompt_tokens": p, "completion_tokens": completion_tokens, "total_tokens": p + completion_tokens});
+    assert_eq!(v["usage"], usage, "the prompt counts once");
+
+    let mut streamed = body.clone();
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (_, events) = served.stream(&streamed);
+    let mut texts = vec![String::new(); 3];
+    let mut finished = 0;
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(e).expect("event JSON");
+        for c in chunk["choices"].as_array().expect("choices") {
+            let i = c["index"].as_u64().expect("index") as usize;
+            texts[i] += c["delta"]["content"].as_str().unwrap_or_default();
+            finished += usize::from(!c["finish_reason"].is_null());
+        }
+        if !chunk["usage"].is_null() {
+            assert_eq!(chunk["usage"], usage);
+        }
+    }
+    assert_eq!(finished, 3);
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(text, choices[i]["message"]["content"].as_str().expect("content"), "streamed choice {i}");
+    }
+}
+
+/// OpenAI's ranges are enforced, `top_p = 0` keeps the most likely token, and fields this server does not
+/// implement are refused naming the field (before, they were accepted and ignored).
+#[test]
+fn openai_ranges_and_unsupported_fields() {
+    let served = Served::start(&[]);
+    let refused = [
+        ("temperature", json!(2.5), "invalid_value"),
+        ("n", json!(129), "invalid_value"),
+        ("stop", json!(["a", "b", "c", "d", "e"]), "invalid_value"),
+        ("presence_penalty", json!(0.5), "unsupported"),
+        ("frequency_penalty", json!(-1), "unsupported"),
+        ("logit_bias", json!({"42": 5}), "unsupported"),
+        ("tools", json!([{"type": "function", "function": {"name": "f"}}]), "unsupported"),
+        ("tool_choice", json!("required"), "unsupported"),
+        ("response_format", json!({"type": "json_object"}), "unsupported"),
+    ];
+    for (field, value, code) in refused {
+        let mut body = greedy_body(4);
+        body[field] = value;
+        let (status, v) = served.post("/v1/chat/completions", &body.to_string());
+        assert_error(status, &v, 400, code, field);
+        assert_eq!(v["error"]["param"], field, "{v}");
+    }
+    let neutral = json!({"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "tool_choice": "none",
+                         "response_format": {"type": "text"}, "temperature": 2});
+    let mut body = greedy_body(4);
+    for (k, v) in neutral.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    served.chat(&body);
+    let greedy_text = served.chat(&greedy_body(8))["choices"][0]["message"]["content"].clone();
+    let top_p_zero = json!({"messages": messages(), "temperature": 1, "top_p": 0, "max_tokens": 8});
+    assert_eq!(served.chat(&top_p_zero)["choices"][0]["message"]["content"], greedy_text);
 }
 
 #[test]
@@ -297,7 +378,16 @@ fn stop_strings_cut_the_text() {
     assert_eq!(v["choices"][0]["message"]["content"], cut);
     assert_eq!(v["usage"]["completion_tokens"], tokens);
     let logprobs = v["choices"][0]["logprobs"]["content"].as_array().expect("logprobs");
-    assert_eq!(logprobs.len(), tokens);
+    assert_eq!(token_bytes(logprobs), cut.as_bytes(), "the tokens' bytes spell exactly the text");
+    assert!(logprobs.len() < tokens, "an entry for a token past the stop string");
+}
+
+/// The `bytes` of every entry of a `logprobs.content` list, concatenated.
+fn token_bytes(content: &[Value]) -> Vec<u8> {
+    let bytes = |e: &Value| {
+        e["bytes"].as_array().expect("bytes").iter().map(|b| b.as_u64().expect("byte") as u8).collect::<Vec<u8>>()
+    };
+    content.iter().flat_map(bytes).collect()
 }
 
 #[test]
@@ -321,11 +411,10 @@ fn bad_requests_are_400_with_an_error_object() {
         ("{not json".to_owned(), "invalid_json"),
         (json!({"model": MODEL}).to_string(), "invalid_request"),
         (json!({"messages": []}).to_string(), "invalid_value"),
-        (json!({"messages": user, "n": 2}).to_string(), "invalid_value"),
+        (json!({"messages": user, "n": 0}).to_string(), "invalid_value"),
         (json!({"messages": user, "top_logprobs": 3}).to_string(), "unsupported"),
         (json!({"messages": user, "temperature": -1}).to_string(), "invalid_value"),
         (json!({"messages": user, "temperature": "hot"}).to_string(), "invalid_request"),
-        (json!({"messages": user, "top_p": 0}).to_string(), "invalid_value"),
         (json!({"messages": user, "top_p": 1.5}).to_string(), "invalid_value"),
         (json!({"messages": user, "max_tokens": 0}).to_string(), "invalid_value"),
         (json!({"messages": user, "max_tokens": 1_000_000_000}).to_string(), "invalid_value"),
@@ -341,7 +430,7 @@ fn bad_requests_are_400_with_an_error_object() {
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
     for (field, value, param) in
-        [("n", json!(2), "n"), ("top_logprobs", json!(3), "top_logprobs"), ("messages", json!([]), "messages")]
+        [("n", json!(0), "n"), ("top_logprobs", json!(3), "top_logprobs"), ("messages", json!([]), "messages")]
     {
         let mut body = json!({"messages": user});
         body[field] = value;

@@ -168,3 +168,19 @@ fn malformed_entries_are_errors_not_panics() {
     meta.remove("tokenizer.ggml.bos_token_id");
     assert!(error(&meta).contains("bos_token_id"), "{}", error(&meta));
 }
+
+/// Each token's bytes spell the text exactly, characters split over several tokens included (decoded alone,
+/// such a token is only U+FFFD): what `logprobs[].bytes` of `mappa serve` relies on.
+#[test]
+fn smollm2_token_bytes_spell_the_text() {
+    let loaded = mappa::loader::load(&common::smollm2_gguf()).unwrap();
+    let tok = mappa::tokenizer::Tokenizer::new(&loaded.tokenizer, &loaded.config).unwrap();
+    let text = "naïve café: 世界 🎉 — x²\n\tok";
+    let ids = tok.encode(text, false).unwrap();
+    let bytes: Vec<Vec<u8>> = ids.iter().map(|&id| tok.token_bytes(id).expect("an id of the vocabulary")).collect();
+    assert_eq!(bytes.concat(), text.as_bytes());
+    assert!(bytes.iter().any(|b| std::str::from_utf8(b).is_err()), "no token holds part of a character: {ids:?}");
+    let im_end = tok.token_id("<|im_end|>").expect("<|im_end|>");
+    assert_eq!(tok.token_bytes(im_end).unwrap(), b"<|im_end|>");
+    assert_eq!(tok.token_bytes(u32::MAX), None);
+}

@@ -6,8 +6,9 @@
 use super::chat::Job;
 use super::Served;
 use crate::engine::{FinishReason, Update};
+use crate::sample::SamplingParams;
 use crate::tokenizer::Tokenizer;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, ensure, Result};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A finished completion.
@@ -31,23 +32,30 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Submits `job` to the engine.
-    pub fn start(served: &Served, job: &Job) -> Result<Completion> {
+    /// Submits `job` to the engine: its `n` samples share the prompt's prefill, and sample i draws with
+    /// the job's seed + i.
+    pub fn start(served: &Served, job: &Job) -> Result<Vec<Completion>> {
+        let samples =
+            (0..job.n as u64).map(|i| SamplingParams { seed: job.params.seed.wrapping_add(i), ..job.params }).collect();
         let req = crate::engine::Request {
             prompt: job.prompt.clone(),
             max_new_tokens: job.budget,
             stop_ids: served.tok.stop_ids().to_vec(),
-            samples: vec![job.params],
+            samples,
         };
-        let updates = served.engine.submit(req)?.pop().ok_or_else(|| anyhow!("the engine returned no sequence"))?;
-        Ok(Completion {
-            updates,
-            text: Text::new(job.stops.clone()),
-            logprobs: Vec::new(),
-            finish: FinishReason::Length,
-            over: false,
-            want_logprobs: job.logprobs,
-        })
+        let updates = served.engine.submit(req)?;
+        ensure!(updates.len() == job.n, "the engine returned {} sequences for {} samples", updates.len(), job.n);
+        Ok(updates
+            .into_iter()
+            .map(|updates| Completion {
+                updates,
+                text: Text::new(job.stops.clone()),
+                logprobs: Vec::new(),
+                finish: FinishReason::Length,
+                over: false,
+                want_logprobs: job.logprobs,
+            })
+            .collect())
     }
 
     /// The next settled piece of text, or None once the whole text is out.

@@ -3,8 +3,10 @@
 //! chat with a model or a checkpoint: to try it, to use it as a coach, to evaluate it.
 //!
 //! Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (text messages;
-//! `temperature`, `top_p`, `top_k`, `seed`, `max_tokens`/`max_completion_tokens`, `stop`, `n` = 1, `logprobs`,
-//! `stream`, `stream_options.include_usage`), `GET /health` and `GET /metrics` (Prometheus text). Errors are
+//! `temperature` (0-2), `top_p`, `top_k`, `seed`, `max_tokens`/`max_completion_tokens`, `stop` (up to 4),
+//! `n` (up to 128, sharing the prompt's prefill), `logprobs` (with each token's exact bytes), `stream`,
+//! `stream_options.include_usage`; penalties, `logit_bias`, `tools`, `response_format` and `top_logprobs` are
+//! refused with a 400 unless neutral), `GET /health` and `GET /metrics` (Prometheus text). Errors are
 //! OpenAI's JSON (`{"error": {"message", "type", "code", "param"}}`).
 //!
 //! - `http`: hyper on a small tokio runtime, with a bounded number of connections and a timeout on every
@@ -43,9 +45,9 @@ pub struct ServeArgs {
     /// 0 picks a free port; the startup line on stderr names the one bound.
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// The model id that /v1/models reports and requests may name [default: the model's directory name or
-    /// file stem].
-    #[arg(long)]
+    /// The model id that /v1/models reports and requests may name (`--served-model-name` too, as in vLLM)
+    /// [default: the model's directory name or file stem].
+    #[arg(long, alias = "served-model-name")]
     pub name: Option<String>,
     /// Completion token budget of requests that set none.
     #[arg(long, default_value_t = 512)]

@@ -1,15 +1,18 @@
 //! `stream: true`: the completion as Server-Sent Events, one HTTP chunk per event as it is produced: a chunk
-//! with the role, one per piece of text, one with the finish reason (and the log-probs, which exist only once
-//! generation is over), the usage when asked for, then `[DONE]`. A failure after the headers went out becomes
-//! an error event. The body is pulled by hyper as the client reads: if the client goes away or stops
-//! reading (the write timeout), the body is dropped, and with it the generation.
+//! with the role per choice, one per piece of text of any choice as it is settled, one per choice with its
+//! finish reason (and its log-probs, which exist only once its generation is over), the usage when asked for,
+//! then `[DONE]`. A failure after the headers went out becomes an error event. The body is pulled by hyper
+//! as the client reads: if the client goes away or stops reading (the write timeout), the body is dropped,
+//! and with it every choice's generation.
 use super::chat::{logprobs_json, usage, Job};
-use super::completion::Completion;
+use super::completion::{Completion, Outcome};
 use super::error::ApiError;
 use super::http::{Body, Reply};
 use super::metrics::Held;
 use super::{completion_id, unix_now, Served};
 use bytes::Bytes;
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{json, Value};
@@ -20,13 +23,20 @@ use std::sync::Arc;
 /// The streamed response of `job`; the engine has the request before the headers go out, so a refusal
 /// there is still a plain error response.
 pub fn response(served: Arc<Served>, job: Job) -> Result<Reply, ApiError> {
-    let completion = Completion::start(&served, &job).map_err(|e| ApiError::generation(&e))?;
+    let completions = Completion::start(&served, &job).map_err(|e| ApiError::generation(&e))?;
     let head = json!({"id": completion_id(), "object": "chat.completion.chunk", "created": unix_now(),
                       "model": served.name});
+    let mut choices = SelectAll::new();
+    for (index, c) in completions.into_iter().enumerate() {
+        choices.push(choice_updates(served.clone(), index, c));
+    }
     let running = served.metrics.completion();
+    let left = job.n;
     let mut events =
-        Events { served, job, head, completion: Some(completion), queue: VecDeque::new(), _running: running };
-    events.push_chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null);
+        Events { served, job, head, choices, left, outs: Vec::new(), queue: VecDeque::new(), _running: running };
+    for index in 0..left {
+        events.push_chunk(index, json!({"role": "assistant", "content": ""}), Value::Null, Value::Null);
+    }
     let frames = futures_util::stream::unfold(events, |mut ev| async move {
         let data = ev.next().await?;
         Some((Ok::<_, Infallible>(Frame::data(data)), ev))
@@ -39,13 +49,39 @@ pub fn response(served: Arc<Served>, job: Job) -> Result<Reply, ApiError> {
     Ok(reply)
 }
 
+/// What one choice's generation produced next.
+enum Update {
+    Piece(usize, String),
+    Done(usize, Outcome),
+    Failed(anyhow::Error),
+}
+
+/// One choice's pieces, then its outcome (or its failure).
+fn choice_updates(served: Arc<Served>, index: usize, c: Completion) -> BoxStream<'static, Update> {
+    futures_util::stream::unfold(Some(c), move |state| {
+        let served = served.clone();
+        async move {
+            let mut c = state?;
+            Some(match c.next(&served.tok).await {
+                Ok(Some(piece)) => (Update::Piece(index, piece), Some(c)),
+                Ok(None) => (Update::Done(index, c.outcome()), None),
+                Err(e) => (Update::Failed(e), None),
+            })
+        }
+    })
+    .boxed()
+}
+
 struct Events {
     served: Arc<Served>,
     job: Job,
     /// The fields every chunk shares.
     head: Value,
-    /// None once generation is over.
-    completion: Option<Completion>,
+    /// Every choice's updates, as they come.
+    choices: SelectAll<BoxStream<'static, Update>>,
+    /// Choices not finished; the stream ends when none is left (or one failed).
+    left: usize,
+    outs: Vec<Outcome>,
     /// Events ready to send.
     queue: VecDeque<Bytes>,
     _running: Held,
@@ -58,41 +94,49 @@ impl Events {
             if let Some(event) = self.queue.pop_front() {
                 return Some(event);
             }
-            let completion = self.completion.as_mut()?;
-            match completion.next(&self.served.tok).await {
-                Ok(Some(piece)) => self.push_chunk(json!({ "content": piece }), Value::Null, Value::Null),
-                Ok(None) => self.finish(),
-                Err(e) => {
-                    eprintln!("mappa serve: streaming a completion: {e:#}");
-                    self.completion = None;
-                    self.push(&ApiError::generation(&e).body());
+            if self.left == 0 {
+                return None;
+            }
+            match self.choices.next().await {
+                Some(Update::Piece(index, piece)) => {
+                    self.push_chunk(index, json!({ "content": piece }), Value::Null, Value::Null)
                 }
+                Some(Update::Done(index, out)) => self.finish_choice(index, out),
+                Some(Update::Failed(e)) => self.fail(&e),
+                None => self.fail(&anyhow::anyhow!("a choice ended without an outcome")),
             }
         }
     }
 
-    /// The last chunks, once the text is all out.
-    fn finish(&mut self) {
-        let Some(completion) = self.completion.take() else { return };
-        let out = completion.outcome();
+    fn finish_choice(&mut self, index: usize, out: Outcome) {
         self.served.metrics.completed(self.job.prompt.len(), out.completion_tokens);
-        let logprobs = match logprobs_json(&self.served, &out) {
-            Ok(l) => l,
-            Err(e) => return self.push(&ApiError::generation(&e).body()),
-        };
-        self.push_chunk(json!({}), logprobs, out.finish.into());
+        let logprobs = logprobs_json(&self.served, &out);
+        self.push_chunk(index, json!({}), logprobs, out.finish.into());
+        self.outs.push(out);
+        self.left -= 1;
+        if self.left > 0 {
+            return;
+        }
         if self.job.include_usage {
             let mut last = self.head.clone();
             last["choices"] = json!([]);
-            last["usage"] = usage(&self.job, &out);
+            last["usage"] = usage(&self.job, &self.outs);
             self.push(&last);
         }
         self.queue.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
     }
 
-    fn push_chunk(&mut self, delta: Value, logprobs: Value, finish: Value) {
+    /// An error event ends the stream; the other choices' generations are dropped with it.
+    fn fail(&mut self, e: &anyhow::Error) {
+        eprintln!("mappa serve: streaming a completion: {e:#}");
+        self.push(&ApiError::generation(e).body());
+        self.left = 0;
+        self.choices.clear();
+    }
+
+    fn push_chunk(&mut self, index: usize, delta: Value, logprobs: Value, finish: Value) {
         let mut c = self.head.clone();
-        c["choices"] = json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]);
+        c["choices"] = json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]);
         self.push(&c);
     }
 
