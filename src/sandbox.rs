@@ -21,7 +21,7 @@
 //! - **rlimits**: `RLIMIT_CPU` (soft = `cpu_seconds`, SIGXCPU; hard = +1 s, SIGKILL), `RLIMIT_AS`
 //!   (`memory_bytes`: big allocations raise `MemoryError`), `RLIMIT_FSIZE` (`file_size_bytes`: Python ignores
 //!   SIGXFSZ, so oversized writes raise `OSError: [Errno 27] File too large`), `RLIMIT_NPROC`
-//!   (`max_processes`, counts threads too), `RLIMIT_CORE` = 0.
+//!   (`max_processes`, counts threads too), `RLIMIT_CORE` = 0. They are set after the namespaces are made.
 //! - Inherited file descriptors >= 3 are closed at exec (`close_range(CLOSE_RANGE_CLOEXEC)`),
 //!   `PR_SET_NO_NEW_PRIVS` (set-uid binaries cannot regain privileges), `PR_SET_PDEATHSIG` = SIGKILL.
 //!
@@ -49,14 +49,22 @@
 //! uid 65534 with `/usr/bin/python3`, but the suite normally runs as root):
 //! `unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | ...)` with the caller's uid/gid mapped to themselves;
 //! when the kernel allows it, the network and the read-only remounts apply as above (locked mount flags are
-//! preserved); `/root` is not hidden, there is no uid change, `RLIMIT_NPROC` counts all of the user's
-//! processes, and processes that leave the process group can survive the run.
+//! preserved); `/root` is not hidden and there is no uid change. Then `unshare(CLONE_NEWPID)`: the spawned
+//! process forks a minimal init (PID 1 of the new PID namespace) and the code (PID 2), and waits. When the code
+//! ends, the waiter kills the init, so the kernel kills every process left in the namespace (`setsid`, double
+//! forks and ignored signals do not help), and the waiter ends as the code did (same exit status, or the same
+//! signal re-raised) only once the namespace is empty. On a timeout the group kill reaches all three, and the
+//! namespace dies with its init. The code can signal only its namespace's processes (the host's `/proc` stays
+//! readable); `RLIMIT_NPROC` counts the run's user namespace (raised by 2 for the waiter and the init), not all
+//! of the user's processes. [`Isolation::pid_namespace`] says whether this applied: without user namespaces (or
+//! `close_range`, Linux 5.9) there is none, `RLIMIT_NPROC` counts all of the user's processes, and processes
+//! that leave the process group can survive the run.
 //!
 //! Degradation is never silent: each step that the kernel refuses is skipped (the run still happens, with the
 //! remaining protections), and [`ToolOutput::isolation`] says what actually applied to that run;
 //! [`network_isolated`] probes once whether a network namespace can be created at all. Failures that would
-//! leave the run *less* safe than expected by construction (cannot `setsid`, `chdir`, or drop the uid when
-//! root) abort the spawn and return `Err`.
+//! leave the run *less* safe than expected by construction (cannot `setsid`, `chdir`, drop the uid when root,
+//! or fork the init and the code once the PID namespace exists) abort the spawn and return `Err`.
 //!
 //! Run at most one sandbox at a time per workdir (each run re-owns the tree to its own uid). Under `-I` the
 //! workdir is not on `sys.path`, so the code cannot `import` modules it wrote there unless it adds the path.
@@ -136,6 +144,9 @@ pub struct Isolation {
     pub home_hidden: bool,
     /// The uid the code ran as when the host is root and dropped to a per-run uid.
     pub sandbox_uid: Option<u32>,
+    /// Ran in a fresh PID namespace that is emptied before the run ends (non-root hosts; as root the per-run uid
+    /// does that job): nothing the code started outlives it, and the code can signal only its own processes.
+    pub pid_namespace: bool,
 }
 
 /// What a sandboxed run produced.
@@ -306,6 +317,7 @@ const REPORT_NET: u32 = 1;
 const REPORT_FS: u32 = 2;
 const REPORT_HOME: u32 = 4;
 const REPORT_DONE: u32 = 8;
+const REPORT_PID: u32 = 16;
 
 struct Plan {
     as_root: bool,
@@ -509,16 +521,11 @@ fn child_setup(plan: &Plan) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         // Inherited descriptors >= 3 close at exec (CLOSE_RANGE_CLOEXEC = 4); ours stay usable until then.
-        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, 4 as libc::c_uint);
-        for &(res, soft, hard) in &plan.rlimits {
-            let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-            if libc::setrlimit(res, &lim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        let close_range =
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, 4 as libc::c_uint) == 0;
         let mut report = 0u32;
         let common = libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-        let (mut ns, mut net) = (false, false);
+        let (mut ns, mut net, mut pid_ns) = (false, false, false);
         if plan.as_root {
             if libc::unshare(common) == 0 {
                 (ns, net) = (true, true);
@@ -541,6 +548,8 @@ fn child_setup(plan: &Plan) -> io::Result<()> {
                         libc::close(fd);
                     }
                 }
+                // The waiter and the init of `enter_pid_ns` must close every descriptor (close_range, Linux 5.9+).
+                pid_ns = close_range && libc::unshare(libc::CLONE_NEWPID) == 0;
             }
         }
         if net {
@@ -614,6 +623,15 @@ fn child_setup(plan: &Plan) -> io::Result<()> {
         if libc::chdir(plan.workdir.as_ptr()) != 0 {
             return Err(io::Error::last_os_error());
         }
+        // After the unshare: a user namespace then counts RLIMIT_NPROC per run (its own processes), not per user.
+        for &(res, soft, hard) in &plan.rlimits {
+            // The waiter and the init of a PID namespace count too: the code still gets `max_processes`.
+            let extra = if res == libc::RLIMIT_NPROC && pid_ns { 2 } else { 0 };
+            let lim = libc::rlimit { rlim_cur: soft.saturating_add(extra), rlim_max: hard.saturating_add(extra) };
+            if libc::setrlimit(res, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if plan.as_root {
             let (u, g) = (plan.uid as libc::c_long, plan.gid as libc::c_long);
             if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
@@ -625,11 +643,73 @@ fn child_setup(plan: &Plan) -> io::Result<()> {
         }
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if pid_ns {
+            enter_pid_ns()?;
+            report |= REPORT_PID;
+        }
         report |= REPORT_DONE;
         let bytes = report.to_ne_bytes();
         libc::write(plan.report_fd, bytes.as_ptr().cast(), 4);
     }
     Ok(())
+}
+
+/// After `unshare(CLONE_NEWPID)`, which puts only the caller's later children in the new PID namespace: forks
+/// the namespace's PID 1, a minimal init, then the process that returns (only it) to exec the code as PID 2, and
+/// turns the caller into their waiter. The code is not PID 1 because the kernel shields a namespace's init from
+/// signals sent inside it that it has no handler for: `os.kill(os.getpid(), SIGKILL)`, even an rlimit's SIGXCPU,
+/// would be ignored. When the code ends the waiter kills the init, so the kernel kills everything left in the
+/// namespace (whatever its session or signal dispositions); the waiter reaps its children until none is left (the
+/// init is reaped only once the namespace is empty) and then ends as the code did. Raw syscalls only.
+unsafe fn enter_pid_ns() -> io::Result<()> {
+    let close_all = || libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
+    let init = libc::fork();
+    if init < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if init == 0 {
+        // Holds the namespace. Closing every descriptor releases the output pipes and std's exec-error pipe
+        // (`Command::spawn` reads it to its end); ignoring SIGCHLD makes the kernel reap the orphans it inherits.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        close_all();
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        loop {
+            libc::pause();
+        }
+    }
+    let code = libc::fork();
+    if code < 0 {
+        let err = io::Error::last_os_error();
+        libc::kill(init, libc::SIGKILL);
+        return Err(err);
+    }
+    if code == 0 {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        return Ok(());
+    }
+    close_all();
+    let mut status = 0;
+    loop {
+        let mut st = 0;
+        // Any child (__WALL): the code can make processes of the namespace children of this one (CLONE_PARENT),
+        // and the init's exit waits until such zombies are reaped.
+        let r = libc::waitpid(-1, &mut st, libc::__WALL);
+        if r == code {
+            status = st;
+            libc::kill(init, libc::SIGKILL);
+        } else if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break; // ECHILD: the code, the init and the whole namespace are gone
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // A core_pattern pipe ignores RLIMIT_CORE = 0; a non-dumpable process is never dumped.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+        libc::_exit(128 + sig);
+    }
+    libc::_exit(libc::WEXITSTATUS(status))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -834,6 +914,7 @@ fn run_script(
             network: bits & REPORT_NET != 0,
             filesystem: bits & REPORT_FS != 0,
             home_hidden: bits & REPORT_HOME != 0,
+            pid_namespace: bits & REPORT_PID != 0,
             sandbox_uid: as_root.then_some(uid),
         }
     };
