@@ -5,6 +5,7 @@
 //! f32 reference) and `kernels`/`cuda` (the GPU side); `model`, the seam itself, the one interface through
 //! which everything above reaches a model; above it, `sample` and `engine` (paged KV blocks, continuous
 //! batching), then rollouts, the trainer, the run loop, serve and eval.
+pub mod arith;
 pub mod coach;
 pub mod config;
 pub mod cpu;

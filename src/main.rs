@@ -42,6 +42,33 @@ enum Command {
     Serve(mappa::serve::ServeArgs),
     /// Draw a training run's curves and a one-page HTML summary.
     Report(mappa::report::ReportArgs),
+    /// Write a generated task set: arithmetic word problems with exact integer answers, as test.jsonl,
+    /// valid.jsonl and train.jsonl (disjoint; the test set depends only on the seed, its size and the knobs).
+    Tasks(TasksArgs),
+}
+
+#[derive(clap::Args)]
+struct TasksArgs {
+    /// Directory to write test.jsonl, valid.jsonl and train.jsonl into.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 2000)]
+    train: usize,
+    #[arg(long, default_value_t = 200)]
+    valid: usize,
+    #[arg(long, default_value_t = 400)]
+    test: usize,
+    /// Operations per problem: at least this many...
+    #[arg(long, default_value_t = 2)]
+    min_steps: usize,
+    /// ...and at most this many.
+    #[arg(long, default_value_t = 3)]
+    max_steps: usize,
+    /// Largest starting value and addend.
+    #[arg(long, default_value_t = 20)]
+    magnitude: u64,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Eval { run_dir } => Run::open(Open::Inspect(&run_dir))?.evaluate(),
         Command::Serve(a) => mappa::serve::run(a),
+        Command::Tasks(a) => write_tasks(&a),
         Command::Report(a) => mappa::report::run(a),
         Command::Info => {
             println!(
@@ -264,4 +292,25 @@ fn read_prompt_lines(path: &Path) -> Result<Vec<PromptLine>> {
         out.push(p);
     }
     Ok(out)
+}
+
+/// `mappa tasks`: the test split first, so later splits never change it, then validation and training.
+fn write_tasks(a: &TasksArgs) -> Result<()> {
+    let cfg = mappa::arith::ArithConfig {
+        seed: a.seed,
+        min_steps: a.min_steps,
+        max_steps: a.max_steps,
+        magnitude: a.magnitude,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut taken = std::collections::HashSet::new();
+    for (split, (name, count)) in [("test", a.test), ("valid", a.valid), ("train", a.train)].into_iter().enumerate() {
+        let tasks = cfg.split(name, split as u64, count, &mut taken)?;
+        let path = a.out.join(format!("{name}.jsonl"));
+        let lines: Vec<String> = tasks.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("{}: {count} problems", path.display());
+    }
+    Ok(())
 }
