@@ -152,9 +152,12 @@ fn http_coach_through_mappa_serve() {
     cfg.coach.endpoint = Some(format!("http://127.0.0.1:{}/v1", served.port));
     cfg.coach.model = Some(served.name.clone());
     cfg.coach.api_key_env = None;
-    let dir = Run::open(Open::New(Box::new(cfg))).unwrap().train().unwrap();
+    let err = format!("{:#}", Run::open(Open::New(Box::new(cfg.clone()))).unwrap().train().unwrap_err());
     // The random coach model never writes a score line: every action gets its retry, then is left out of
-    // training and counted, never given a default score.
+    // training and counted, never given a default score; a run that trained nothing fails, naming why.
+    assert!(err.contains("trained no agent") && err.contains("unscored by the coach"), "{err}");
+    assert!(err.contains("no valid PROCESS_SCORE"), "the first reason is given: {err}");
+    let dir = cfg.run_dir();
     let log: Vec<Value> = std::fs::read_to_string(dir.join("coach_log.jsonl"))
         .unwrap()
         .lines()
@@ -245,4 +248,212 @@ fn failed_starts_leave_nothing_and_a_run_is_locked() {
     assert!(err.contains("already holds a run"), "{err}");
     assert!(run_dir.join("config.toml").is_file(), "the refused attempts did not touch the live run");
     drop(run);
+}
+
+/// Class 2 of the reliability issue: a coach that cannot be reached fails the start before anything is
+/// written; actions that could not be generated are counted and said; a run that trains nothing fails after
+/// `run.max_untrained_steps` consecutive steps, through the CLI too, with a non-zero exit.
+#[test]
+fn runs_that_train_nothing_fail_loudly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = config(tmp.path(), 3);
+
+    // Nothing listens on this port: the start fails at the probe, and no run directory is left.
+    let mut unreachable = good.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // freed at once
+    unreachable.coach.backend = mappa::run_config::CoachBackend::Http;
+    unreachable.coach.endpoint = Some(format!("http://127.0.0.1:{port}/v1"));
+    unreachable.coach.model = Some("coach".into());
+    unreachable.coach.api_key_env = None;
+    let err = format!("{:#}", Run::open(Open::New(Box::new(unreachable))).err().expect("an unreachable coach"));
+    assert!(err.contains("coach") && err.contains("does not answer") && err.contains(&port.to_string()), "{err}");
+    assert!(!good.run_dir().exists(), "a failed start wrote {}", good.run_dir().display());
+
+    // Every prompt is longer than rl.max_prompt_tokens: no action is generated, each is counted, and the run
+    // stops after two such steps.
+    let mut starved = good.clone();
+    starved.rl.max_prompt_tokens = 8;
+    starved.run.max_untrained_steps = 2;
+    let err = format!("{:#}", Run::open(Open::New(Box::new(starved.clone()))).unwrap().train().unwrap_err());
+    assert!(err.contains("2 consecutive steps trained no agent"), "{err}");
+    assert!(err.contains("not generated") && err.contains("exceeds rl.max_prompt_tokens (8)"), "{err}");
+    let m = metrics(&starved.run_dir());
+    assert_eq!(m.len(), 6, "2 steps x 3 agents: {m:?}");
+    for line in &m {
+        assert_eq!(line["skipped"], 4, "each of the 4 episodes' skipped actions is counted: {line}");
+        assert_eq!(line["optimizer_steps"], 0, "{line}");
+    }
+
+    // The same through the CLI: a non-zero exit and the cause on stderr.
+    let mut cli = starved;
+    cli.run.dir = Some(tmp.path().join("cli-run"));
+    let toml = tmp.path().join("starved.toml");
+    std::fs::write(&toml, cli.to_toml_string().unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mappa")).args(["train", "--config"]).arg(&toml).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit 0 for a run that trained nothing: {stderr}");
+    assert!(stderr.contains("step 1: ") && stderr.contains("actions not generated"), "said per step: {stderr}");
+    assert!(stderr.contains("trained no agent"), "{stderr}");
+}
+
+/// Start-up checks that need no server: a Python tool whose interpreter is missing fails the start before the
+/// run directory exists; the memory estimate refuses a run larger than what is available, with its parts.
+#[test]
+fn start_up_checks_fail_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 1);
+    cfg.sandbox.python = tmp.path().join("no-such-python");
+    let err = format!("{:#}", Run::open(Open::New(Box::new(cfg.clone()))).err().expect("a missing interpreter"));
+    assert!(err.contains("sandbox") && err.contains("no-such-python"), "{err}");
+    assert!(!cfg.run_dir().exists());
+
+    let model = mappa::loader::load(&tmp.path().join("base")).unwrap();
+    let params: usize = model.weights.tensors.values().map(|t| t.numel()).sum();
+    let need = mappa::run::MemoryEstimate::of(&cfg, &model.config, params);
+    assert_eq!(need.training_state, 3 * params as u64 * 16, "3 agents x (weights, grads, 2 moments) in f32");
+    assert_eq!(need.reference, params as u64 * 4);
+    need.check(need.total()).unwrap();
+    let err = need.check(need.total() - 1).unwrap_err().to_string();
+    assert!(err.contains("GiB is available") && err.contains("3 agents") && err.contains("frozen reference"), "{err}");
+    assert!(mappa::run::available_memory().unwrap() > 0);
+}
+
+/// A resume sets aside (never deletes) metrics lines it cannot read, and says so; a run killed before its
+/// first checkpoint resumes from step 0.
+#[test]
+fn resume_keeps_unreadable_lines_and_starts_over_without_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 2);
+    cfg.rl.checkpoint_every = 2;
+    let dir = Run::open(Open::New(Box::new(cfg.clone()))).unwrap().train().unwrap();
+    let want: Vec<Value> = metrics(&dir).into_iter().map(comparable).collect();
+
+    // As if killed during step 2 before any checkpoint: no checkpoint, step 1's lines, a torn last line.
+    std::fs::remove_dir_all(dir.join("checkpoints")).unwrap();
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let step1: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(dir.join("metrics.jsonl"), format!("{}\n{{\"step\": 2, \"agent\": \"sol", step1.join("\n"))).unwrap();
+    let mut run = Run::open(Open::Resume(&dir)).unwrap();
+    assert_eq!(run.step, 0, "no checkpoint: start again at step 0");
+    assert_eq!(metrics(&dir).len(), 0, "every step is redone");
+    let aside = std::fs::read_to_string(dir.join("metrics.jsonl.unreadable")).unwrap();
+    assert_eq!(aside, "{\"step\": 2, \"agent\": \"sol\n", "the torn line is kept aside as it was");
+    run.train().unwrap();
+    let got: Vec<Value> = metrics(&dir).into_iter().map(comparable).collect();
+    assert_eq!(got, want, "the run from step 0 again is the same run");
+}
+
+/// The kill test of the reliability issue: `mappa train` SIGKILLed at ten random moments (seeded), each time
+/// resumed (or started again if it died before its config was written), then run to the end. The metrics
+/// and evaluations equal those of an uninterrupted run, line for line, with no step lost or repeated, and
+/// no temporary file is left.
+#[test]
+fn killed_at_random_points_a_run_resumes_to_the_same_result() {
+    use rand::{Rng, SeedableRng};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let write_config = |name: &str| -> (PathBuf, PathBuf) {
+        let mut cfg = config(tmp.path(), 6); // 6 steps, 3 agents: see `steps` and `agents` below
+        cfg.run.dir = Some(tmp.path().join(name));
+        let eval = tmp.path().join("eval.jsonl");
+        std::fs::copy(tmp.path().join("train.jsonl"), &eval).unwrap();
+        cfg.data.eval = vec![eval];
+        (cfg.rl.eval_every, cfg.rl.eval_samples_per_prompt) = (2, 1);
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&path, cfg.to_toml_string().unwrap()).unwrap();
+        (path, cfg.run_dir())
+    };
+    let train = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_mappa"))
+            .arg("train")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let start_or_resume = |config: &Path, dir: &Path| match dir.join("config.toml").is_file() {
+        true => train(&["--resume".as_ref(), dir.as_os_str()]),
+        false => train(&["--config".as_ref(), config.as_os_str()]),
+    };
+
+    let (config_ref, dir_ref) = write_config("uninterrupted");
+    let t0 = Instant::now();
+    let out = train(&["--config".as_ref(), config_ref.as_os_str()]).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let whole = t0.elapsed();
+
+    let (config, dir) = write_config("killed");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
+    // Kill points are spread by progress, not by time, so they fall all along the run on any machine: the
+    // i-th waits until metrics.jsonl has reached a random number of lines (any step but the last), then a
+    // random part of one step's time (start-up, rollout, coach, training, evaluation, checkpoint).
+    let lines_now = || std::fs::read_to_string(dir.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
+    let (steps, agents) = (6, 3);
+    let mut points: Vec<(usize, f64)> =
+        (0..10).map(|_| (rng.random_range(0..agents * (steps - 1)), rng.random_range(0.0..0.9))).collect();
+    points.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mut seen = Vec::new();
+    for (at_least, part) in points {
+        let mut child = start_or_resume(&config, &dir);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while lines_now() < at_least && child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no progress to {at_least} metrics lines: {seen:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(whole.mul_f64(part / steps as f64));
+        let finished = child.try_wait().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(finished.is_none(), "exited ({finished:?}) before the kill at {at_least} lines + {part:.2} step");
+        seen.push((at_least, lines_now(), std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.count())));
+    }
+    let finish = start_or_resume(&config, &dir).wait_timeout_or_kill(Duration::from_secs(600));
+    // (lines waited for, lines and checkpoint directories after the kill)
+    assert!(finish.success(), "the last resume failed; kills: {seen:?}");
+    eprintln!("uninterrupted: {whole:?}; kills: {seen:?}");
+
+    let lines = |dir: &Path, file: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        text.lines().map(|l| comparable(serde_json::from_str(l).unwrap())).collect()
+    };
+    for file in ["metrics.jsonl", "eval.jsonl"] {
+        assert_eq!(lines(&dir, file), lines(&dir_ref, file), "{file} differs from the uninterrupted run's");
+    }
+    let mut left = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains("partial") || name.ends_with(".unreadable") || name.ends_with(".tmp") {
+                left.push(e.path());
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Waiting for a child with a deadline, so a hung resume fails the test instead of hanging it.
+trait WaitTimeout {
+    fn wait_timeout_or_kill(self, limit: std::time::Duration) -> std::process::ExitStatus;
+}
+
+impl WaitTimeout for std::process::Child {
+    fn wait_timeout_or_kill(mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > limit {
+                self.kill().unwrap();
+                panic!("still running after {limit:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }

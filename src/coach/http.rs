@@ -20,6 +20,9 @@ use std::time::Duration;
 /// Characters of a response body quoted in errors.
 const BODY_EXCERPT: usize = 500;
 
+/// Limit of the start-up probe's one request.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
 #[derive(Clone, Debug)]
 pub struct HttpCoachConfig {
     /// API root, e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
@@ -61,6 +64,8 @@ impl Default for HttpCoachConfig {
 pub struct HttpCoach {
     agent: ureq::Agent,
     url: String,
+    /// `GET {base_url}/models`, asked once at start-up.
+    models_url: String,
     model: String,
     /// The `Authorization` header value; never printed.
     auth: Option<String>,
@@ -94,6 +99,7 @@ impl HttpCoach {
         Ok(HttpCoach {
             agent,
             url: format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')),
+            models_url: format!("{}/models", cfg.base_url.trim_end_matches('/')),
             model: cfg.model.clone(),
             auth,
             slots: Semaphore::new(cfg.max_in_flight),
@@ -137,6 +143,42 @@ impl HttpCoach {
 }
 
 impl CoachBackend for HttpCoach {
+    /// `GET {base_url}/models`: no answer at all (refused, unresolvable, timed out) or an API key refused
+    /// (401, 403) fails; any other answer means a server is there. A model list without the configured model
+    /// is said on stderr, not refused: some providers list their models under other names.
+    fn probe(&self) -> Result<()> {
+        let mut request = self.agent.get(&self.models_url).config().timeout_global(Some(PROBE_TIMEOUT)).build();
+        if let Some(auth) = &self.auth {
+            request = request.header("Authorization", auth);
+        }
+        let mut response = request
+            .call()
+            .with_context(|| format!("the coach endpoint {} does not answer", self.cfg.base_url))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        ensure!(
+            !matches!(status, 401 | 403),
+            "the coach endpoint {} refused the API key{} (HTTP {status}): {}",
+            self.cfg.base_url,
+            self.cfg.api_key_env.as_ref().map_or(String::new(), |v| format!(" in {v}")),
+            excerpt(&text)
+        );
+        let listed = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            let ids = v["data"].as_array()?.iter().filter_map(|m| m["id"].as_str().map(str::to_string));
+            Some(ids.collect::<Vec<_>>())
+        });
+        if let Some(ids) = listed.filter(|ids| !ids.iter().any(|id| id.trim_start_matches("models/") == self.model)) {
+            eprintln!(
+                "warning: the coach endpoint {} does not list the model `{}` (it lists {} models, e.g. {:?})",
+                self.cfg.base_url,
+                self.model,
+                ids.len(),
+                ids.iter().take(3).collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    }
+
     fn complete(&self, messages: &[ChatMessage]) -> Result<String> {
         let body = json!({ "model": self.model, "messages": messages, "temperature": 0 });
         let mut retry = 0;

@@ -66,6 +66,12 @@ pub enum CoachOutcome {
 
 /// Something that answers a coach prompt.
 pub trait CoachBackend: Send + Sync {
+    /// Checks, once before a run writes anything, that the backend can answer at all (a server is there and
+    /// takes the key); backends that are ready once built need not override it.
+    fn probe(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The reply to `messages`. Transport retries happen inside; an error here is final.
     fn complete(&self, messages: &[ChatMessage]) -> Result<String>;
 
@@ -125,6 +131,16 @@ struct Pending {
 impl Coach {
     pub fn new(backend: impl CoachBackend + 'static, prompt: CoachPrompt, log: Option<CoachLog>) -> Coach {
         Coach { backend: Box::new(backend), prompt, log }
+    }
+
+    /// The same coach, logging every exchange to `log`.
+    pub fn with_log(self, log: CoachLog) -> Coach {
+        Coach { log: Some(log), ..self }
+    }
+
+    /// [`CoachBackend::probe`].
+    pub fn probe(&self) -> Result<()> {
+        self.backend.probe()
     }
 
     pub fn log(&self) -> Option<&CoachLog> {

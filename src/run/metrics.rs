@@ -20,6 +20,8 @@ pub struct StepMetrics {
     pub actions: usize,
     /// Actions the coach could not score (left out of training).
     pub unscored: usize,
+    /// Actions of this agent never generated: their context exceeded `rl.max_prompt_tokens`.
+    pub skipped: usize,
     /// Action tokens in the loss.
     pub tokens: usize,
     pub optimizer_steps: usize,
@@ -87,6 +89,7 @@ impl StepMetrics {
             reward_std,
             actions: n,
             unscored: n - rewards.len(),
+            skipped: episodes.iter().flat_map(|e| &e.skipped).filter(|s| s.agent == agent).count(),
             tokens: s.tokens,
             optimizer_steps: s.optimizer_steps,
             loss: s.loss,

@@ -9,14 +9,22 @@
 //! 4. one `metrics.jsonl` line per agent; evaluation every `eval_every` steps (`eval.jsonl`); checkpoints
 //!    every `checkpoint_every` steps and at the end.
 //!
+//! Nothing is lost without a word: actions the coach could not score and actions never generated (a
+//! context past `rl.max_prompt_tokens`) are counted in the metrics and said on stderr with their first
+//! reason, and a run fails (an error naming the cause) after `run.max_untrained_steps` consecutive steps
+//! that trained no agent, or at its end if it trained nothing at all.
+//!
 //! Everything random derives from `run.seed` and the step, so `--resume` from a checkpoint repeats the
 //! following steps exactly (timings aside). The run directory holds the resolved `config.toml`, the
 //! metrics, the coach log and the checkpoints; `mappa report` draws it.
 pub mod checkpoint;
+mod memory;
 mod metrics;
 mod setup;
 
+pub use memory::{available_memory, MemoryEstimate};
 pub use metrics::StepMetrics;
+pub use setup::MICRO_BATCH_TOKENS;
 pub use setup::{build_coach, Open};
 
 use crate::coach::{Coach, CoachOutcome};
@@ -47,6 +55,10 @@ pub struct Run {
     sampler: TaskSampler,
     /// Rollout steps done.
     pub step: u64,
+    /// Consecutive steps, up to the last, that trained no agent.
+    untrained_streak: u64,
+    /// What the last step lost: unscored and skipped actions.
+    losses: Losses,
     /// The run directory's lock, held while this `Run` lives.
     _lock: std::fs::File,
 }
@@ -86,8 +98,20 @@ impl Run {
         }
         let bar = ProgressBar::new(self.cfg.run.steps).with_position(self.step);
         bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed}]")?);
+        let (first, max_untrained) = (self.step, self.cfg.run.max_untrained_steps);
+        let mut trained_any = false;
         while self.step < self.cfg.run.steps {
-            self.train_step(&bar)?;
+            let metrics = self.train_step(&bar)?;
+            let trained = metrics.iter().any(|m| m.optimizer_steps > 0);
+            trained_any |= trained;
+            self.untrained_streak = if trained { 0 } else { self.untrained_streak + 1 };
+            ensure!(
+                self.untrained_streak < max_untrained,
+                "{} consecutive steps trained no agent (run.max_untrained_steps = {max_untrained}); step {}: {}",
+                self.untrained_streak,
+                self.step,
+                self.losses.cause()
+            );
             let (every, ckpt) = (self.cfg.rl.eval_every, self.cfg.rl.checkpoint_every);
             if every > 0 && self.step % every == 0 {
                 bar.set_message("evaluating");
@@ -100,6 +124,13 @@ impl Run {
             bar.inc(1);
         }
         bar.finish_with_message("done");
+        ensure!(
+            trained_any || self.step == first,
+            "steps {}-{} trained no agent: the run learned nothing (the last step's actions: {})",
+            first + 1,
+            self.step,
+            self.losses.cause()
+        );
         Ok(self.dir.clone())
     }
 
@@ -127,8 +158,12 @@ impl Run {
         let rollout_s = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let scores = self.score(&episodes, bar)?;
+        let (scores, unscored) = self.score(&episodes, bar)?;
         let coach_s = t1.elapsed().as_secs_f64();
+        self.losses = Losses::of(&episodes, unscored, self.cfg.rl.mask_truncated);
+        if let Some(said) = self.losses.summary() {
+            bar.suspend(|| eprintln!("step {}: {said}", step + 1));
+        }
 
         let mut out = Vec::with_capacity(self.agents.len());
         let mut stats = Vec::with_capacity(self.agents.len());
@@ -151,8 +186,8 @@ impl Run {
         Ok(out)
     }
 
-    /// Coach scores per episode and action (`None`: unscored).
-    fn score(&self, episodes: &[Episode], bar: &ProgressBar) -> Result<Vec<Vec<Option<f32>>>> {
+    /// Coach scores per episode and action (`None`: unscored), and the reasons of the unscored.
+    fn score(&self, episodes: &[Episode], bar: &ProgressBar) -> Result<(Vec<Vec<Option<f32>>>, Vec<String>)> {
         let mut reqs = Vec::new();
         for ep in episodes {
             for a in 0..ep.actions.len() {
@@ -161,18 +196,27 @@ impl Run {
         }
         bar.set_message(format!("coach: {} actions", reqs.len()));
         let mut outcomes = self.coach.score_all(reqs, self.cfg.coach.concurrency).into_iter();
-        Ok(episodes
+        let mut reasons = Vec::new();
+        let scores = episodes
             .iter()
             .map(|ep| {
                 ep.actions
                     .iter()
                     .map(|_| match outcomes.next() {
                         Some(CoachOutcome::Scored { score, .. }) => Some(score),
-                        _ => None,
+                        Some(CoachOutcome::Unscored { reason }) => {
+                            reasons.push(reason);
+                            None
+                        }
+                        None => {
+                            reasons.push("the coach returned fewer outcomes than actions".into());
+                            None
+                        }
                     })
                     .collect()
             })
-            .collect())
+            .collect();
+        Ok((scores, reasons))
     }
 
     /// Evaluates the current agents on every eval set at the eval temperature; appends to `eval.jsonl`.
@@ -218,4 +262,52 @@ fn samples_of(episodes: &[Episode], scores: &[Vec<Option<f32>>], agent: usize) -
         }
     }
     out
+}
+
+/// What one step's rollouts and coach lost: the actions that cannot train, with a reason of each kind.
+#[derive(Clone, Debug, Default)]
+struct Losses {
+    actions: usize,
+    /// Reasons of the actions the coach could not score.
+    unscored: Vec<String>,
+    /// Reasons of the actions never generated.
+    skipped: Vec<String>,
+    /// Truncated actions, left out of the loss by `rl.mask_truncated`.
+    masked: usize,
+}
+
+impl Losses {
+    fn of(episodes: &[Episode], unscored: Vec<String>, mask_truncated: bool) -> Losses {
+        let actions = || episodes.iter().flat_map(|e| &e.actions);
+        Losses {
+            actions: actions().count(),
+            unscored,
+            skipped: episodes.iter().flat_map(|e| e.skipped.iter().map(|s| s.reason.clone())).collect(),
+            masked: match mask_truncated {
+                true => actions().filter(|a| a.finish == crate::engine::FinishReason::Length).count(),
+                false => 0,
+            },
+        }
+    }
+
+    /// The unscored and skipped actions, with the first reason of each, or None when there were none.
+    fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(first) = self.unscored.first() {
+            parts.push(format!("{} of {} actions unscored by the coach ({first})", self.unscored.len(), self.actions));
+        }
+        if let Some(first) = self.skipped.first() {
+            parts.push(format!("{} actions not generated ({first})", self.skipped.len()));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// Why nothing trained, as far as the step can tell.
+    fn cause(&self) -> String {
+        let mut said = self.summary().unwrap_or_else(|| format!("{} actions generated", self.actions));
+        if self.masked > 0 {
+            said += &format!("; {} truncated actions masked out by rl.mask_truncated", self.masked);
+        }
+        said
+    }
 }

@@ -1,14 +1,14 @@
 //! Opening a run: a new one (fresh run directory, resolved config written, every agent from its base
 //! model) or a resumed one (config and newest checkpoint read back, later metrics lines dropped so the
 //! continuation rewrites them), plus the data, the frozen reference and the coach.
-use super::{checkpoint, Run};
+use super::{available_memory, checkpoint, MemoryEstimate, Run};
 use crate::coach::MATHCHAT_TEMPLATE;
 use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
-use crate::data::{load_tasks, train_split, TaskSampler, HOLDOUT_NAME};
+use crate::data::{load_tasks, train_split, Task, TaskSampler, HOLDOUT_NAME};
 use crate::loader::LoadedModel;
 use crate::model::{self, Backend, BackendChoice};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
-use crate::run_config::{CoachBackend, LrSchedule as Schedule, RunConfig};
+use crate::run_config::{CoachBackend, LrSchedule as Schedule, RunConfig, Tool};
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Trainer, TrainerConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Samples packed into one training forward pass, in tokens.
-const MICRO_BATCH_TOKENS: usize = 4096;
+pub const MICRO_BATCH_TOKENS: usize = 4096;
 
 /// How to open a run.
 pub enum Open<'a> {
@@ -41,30 +41,39 @@ pub(super) fn open(how: Open) -> Result<Run> {
 
 fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
     let resuming = matches!(how, Open::Resume(_));
-    let (cfg, dir, from, backend, lock) = match how {
+    // A resumed run is locked and read first; a new one is only checked to be startable: its directory is
+    // made after every start-up check below has passed.
+    let (mut cfg, existing) = match how {
         Open::Resume(dir) | Open::Inspect(dir) => {
             let lock = lock_dir(dir)?;
-            let cfg = RunConfig::load(dir.join("config.toml"))?;
-            let backend = choose_backend(&cfg)?;
-            if resuming {
-                checkpoint::sweep(dir)?;
-            }
-            let (candidates, unreadable) = checkpoint::complete(dir)?;
-            if candidates.is_empty() {
-                bail!("{} has no complete checkpoint{}", dir.display(), listed(&unreadable));
-            }
-            (cfg, dir.to_path_buf(), Some((candidates, unreadable)), backend, lock)
+            (RunConfig::load(dir.join("config.toml"))?, Some((dir.to_path_buf(), lock)))
         }
         Open::New(cfg) => {
-            let mut cfg = *cfg;
-            let backend = choose_backend(&cfg)?;
-            // The run's config records the backend it runs on, so a resume does not silently switch.
-            cfg.run.backend = match backend {
-                Backend::Cpu => BackendChoice::Cpu,
-                Backend::Cuda => BackendChoice::Cuda,
-            };
+            check_fresh(&cfg.run_dir())?;
+            (*cfg, None)
+        }
+    };
+    let backend = choose_backend(&cfg)?;
+    // The run's config records the backend it runs on, so a resume does not silently switch.
+    cfg.run.backend = match backend {
+        Backend::Cpu => BackendChoice::Cpu,
+        Backend::Cuda => BackendChoice::Cuda,
+    };
+    let pre = preflight(&cfg, backend)?;
+
+    let (dir, lock, from) = match existing {
+        Some((dir, lock)) => {
+            if resuming {
+                checkpoint::sweep(&dir)?;
+            }
+            let (candidates, unreadable) = checkpoint::complete(&dir)?;
+            if candidates.is_empty() && !resuming {
+                bail!("{} has no complete checkpoint{}", dir.display(), listed(&unreadable));
+            }
+            (dir, lock, Some((candidates, unreadable)))
+        }
+        None => {
             let dir = cfg.run_dir();
-            check_fresh(&dir)?;
             let created = !dir.exists();
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let lock = lock_dir(&dir)?;
@@ -72,10 +81,64 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
             // ours to clean up, so the guard is armed only once the directory is known to be ours.
             check_fresh(&dir)?;
             *fresh = Some(FreshDir { dir: dir.clone(), created, keep: false });
-            std::fs::write(dir.join("config.toml"), cfg.to_toml_string()?)?;
-            (cfg, dir, None, backend, lock)
+            // Written whole or not at all: a start killed here leaves a directory that counts as fresh.
+            let tmp = dir.join(CONFIG_TMP);
+            std::fs::write(&tmp, cfg.to_toml_string()?).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, dir.join("config.toml"))?;
+            (dir, lock, None)
         }
     };
+    let Preflight { base, tok, train, eval_sets, sampler, coach } = pre;
+    let reference = model::load(&base, backend)?;
+    let (agents, step) = match from {
+        None => (load_agents(&cfg, &base, backend, None)?, 0),
+        // A run stopped before its first checkpoint starts again from the base models: every step is a
+        // function of the seed, so this is the same run.
+        Some((candidates, unreadable)) if candidates.is_empty() => {
+            eprintln!("{}: no complete checkpoint{}; starting again at step 0", dir.display(), listed(&unreadable));
+            (load_agents(&cfg, &base, backend, None)?, 0)
+        }
+        Some((candidates, unreadable)) => newest_usable(&cfg, &base, backend, candidates, unreadable)?,
+    };
+    if resuming {
+        drop_lines_after(&dir.join("metrics.jsonl"), step)?;
+        drop_lines_after(&dir.join("eval.jsonl"), step)?;
+    }
+    let coach = coach.with_log(CoachLog::open(&dir.join("coach_log.jsonl"))?);
+    let mut base = base;
+    base.weights = Default::default(); // only the tokenizer files are needed from here on
+    Ok(Run {
+        _lock: lock,
+        step,
+        untrained_streak: 0,
+        losses: Default::default(),
+        cfg,
+        dir,
+        base,
+        tok,
+        agents,
+        reference,
+        coach,
+        train,
+        eval_sets,
+        sampler,
+    })
+}
+
+/// What the start-up checks load and keep.
+struct Preflight {
+    base: LoadedModel,
+    tok: Tokenizer,
+    train: Vec<Task>,
+    eval_sets: Vec<(String, Vec<Task>)>,
+    sampler: TaskSampler,
+    coach: Coach,
+}
+
+/// Every check a run can make before it writes anything: the files exist, the base model and its tokenizer
+/// load, the task files parse, the coach answers (or loads), the sandbox runs Python for agents with the
+/// tool, and the memory the run needs is there.
+fn preflight(cfg: &RunConfig, backend: Backend) -> Result<Preflight> {
     cfg.check_paths()?;
     let base_path = cfg.agent_base_model(0).to_path_buf();
     for i in 1..cfg.agents.len() {
@@ -90,15 +153,6 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
     }
     let base = crate::loader::load(&base_path)?;
     let tok = Tokenizer::new(&base.tokenizer, &base.config)?;
-    let reference = model::load(&base, backend)?;
-    let (agents, step) = match from {
-        None => (load_agents(&cfg, &base, backend, None)?, 0),
-        Some((candidates, unreadable)) => newest_usable(&cfg, &base, backend, candidates, unreadable)?,
-    };
-    if resuming {
-        drop_lines_after(&dir.join("metrics.jsonl"), step)?;
-        drop_lines_after(&dir.join("eval.jsonl"), step)?;
-    }
     let tasks = load_tasks(&cfg.data.train, &cfg.data)?;
     let split = train_split(tasks, &cfg.data, cfg.run.seed)?;
     let mut eval_sets = Vec::new();
@@ -110,10 +164,35 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
         eval_sets.push((HOLDOUT_NAME.to_string(), split.holdout));
     }
     let sampler = TaskSampler::new(split.train.len(), cfg.rl.prompts_per_step, cfg.run.seed)?;
-    let coach = build_coach(&cfg, &dir, backend)?;
-    let mut base = base;
-    base.weights = Default::default(); // only the tokenizer files are needed from here on
-    Ok(Run { _lock: lock, step, cfg, dir, base, tok, agents, reference, coach, train: split.train, eval_sets, sampler })
+    let coach = build_coach(cfg, backend)?;
+    coach.probe().context("the coach is not usable")?;
+    if cfg.agents.iter().any(|a| a.tools.contains(&Tool::Python)) {
+        check_sandbox(cfg)?;
+    }
+    if backend == Backend::Cpu {
+        let need = MemoryEstimate::of(cfg, &base.config, base.weights.tensors.values().map(|t| t.numel()).sum());
+        need.check(available_memory()?)?;
+    }
+    Ok(Preflight { base, tok, train: split.train, eval_sets, sampler, coach })
+}
+
+/// Runs `print(6 * 7)` in the sandbox as an agent's code would run, so a missing interpreter or a host that
+/// cannot isolate it fails the start, not an action deep in the run.
+fn check_sandbox(cfg: &RunConfig) -> Result<()> {
+    static CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mappa-sandbox-check-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {} to check the sandbox in", dir.display()))?;
+    let out = crate::sandbox::run_python("print(6 * 7)", &dir, &cfg.sandbox.to_sandbox_config());
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.context("the Python tool's sandbox cannot run")?;
+    ensure!(
+        out.stdout.trim() == "42",
+        "the Python tool's sandbox ran `print(6 * 7)` but it printed {:?} (stderr {:?})",
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
 }
 
 /// Every agent as a trainer: from the base model, or from checkpoint directory `ckpt` (weights and optimizer).
@@ -215,12 +294,10 @@ fn choose_backend(cfg: &RunConfig) -> Result<Backend> {
     Ok(backend)
 }
 
-/// The coach the configuration asks for, logging every exchange to `run_dir/coach_log.jsonl`; a local coach
-/// model runs on `backend`.
-pub fn build_coach(cfg: &RunConfig, run_dir: &Path, backend: Backend) -> Result<Coach> {
+/// The coach the configuration asks for (without a log yet); a local coach model runs on `backend`.
+pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
     let c = &cfg.coach;
     let prompt = CoachPrompt::new(c.prompt_template.as_deref().unwrap_or(MATHCHAT_TEMPLATE), c.tool_output_chars)?;
-    let log = Some(CoachLog::open(&run_dir.join("coach_log.jsonl"))?);
     let model = || c.model.clone().context("coach.model is required for this coach backend");
     Ok(match c.backend {
         CoachBackend::Http => {
@@ -233,7 +310,7 @@ pub fn build_coach(cfg: &RunConfig, run_dir: &Path, backend: Backend) -> Result<
                 max_in_flight: c.concurrency.max(1),
                 ..HttpCoachConfig::default()
             };
-            Coach::new(HttpCoach::new(hc)?, prompt, log)
+            Coach::new(HttpCoach::new(hc)?, prompt, None)
         }
         CoachBackend::Local => {
             let local = LocalCoach::load(
@@ -243,37 +320,57 @@ pub fn build_coach(cfg: &RunConfig, run_dir: &Path, backend: Backend) -> Result<
                 c.temperature as f32,
                 c.reply_prefix.clone(),
             )?;
-            Coach::new(local, prompt, log)
+            Coach::new(local, prompt, None)
         }
         CoachBackend::Rule => {
             let last = &cfg.agents.last().context("the run has no agents")?.name;
             Coach::new(
                 RuleCoach::new(last, OtherAgents::BoxedMatch { default: 5.0 }, cfg.data.last_number_fallback)?,
                 prompt,
-                log,
+                None,
             )
         }
     })
 }
 
 /// Rewrites a JSON Lines file without the lines whose "step" is past `step` (a resumed run redoes them).
+/// Lines without a readable step are not the resume's to judge: they are moved, as they were, to
+/// `<file>.unreadable` (appended), and stderr says how many and where.
 fn drop_lines_after(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let keep: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, keep).with_context(|| format!("rewriting {}", path.display()))
+    let (mut keep, mut unreadable) = (String::new(), String::new());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()) {
+            Some(s) if s <= step => keep.push_str(&format!("{line}\n")),
+            Some(_) => {}
+            None => unreadable.push_str(&format!("{line}\n")),
+        }
+    }
+    if !unreadable.is_empty() {
+        let aside = PathBuf::from(format!("{}.unreadable", path.display()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&aside)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, unreadable.as_bytes()))
+            .with_context(|| format!("keeping the unreadable lines of {} in {}", path.display(), aside.display()))?;
+        eprintln!(
+            "{}: {} unreadable lines (no JSON object with a step) moved to {}",
+            path.display(),
+            unreadable.lines().count(),
+            aside.display()
+        );
+    }
+    // Renamed into place, so a process killed while rewriting leaves the old file or the new one, whole.
+    let tmp = PathBuf::from(format!("{}.partial", path.display()));
+    std::fs::write(&tmp, keep).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rewriting {}", path.display()))
 }
 
 /// The lock file inside a run directory, held by the process working on the run.
 const LOCK_FILE: &str = ".lock";
+/// `config.toml` while it is being written.
+const CONFIG_TMP: &str = ".config.toml.partial";
 
 /// Takes the run directory's lock (an advisory lock on `dir/.lock`, released when the process ends, however
 /// it ends): one process per run, so two cannot interleave metrics or checkpoints.
@@ -320,13 +417,14 @@ impl Drop for FreshDir {
     }
 }
 
-/// Checks that `dir` can start a new run: absent, or empty but for a lock file.
+/// Checks that `dir` can start a new run: absent, or empty but for a lock file and a config that a killed
+/// start left half-written.
 fn check_fresh(dir: &Path) -> Result<()> {
     let busy = dir.is_dir()
         && std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .flatten()
-            .any(|e| e.file_name() != LOCK_FILE);
+            .any(|e| e.file_name() != LOCK_FILE && e.file_name() != CONFIG_TMP);
     ensure!(!busy, "{} already holds a run: resume it with --resume {0}, or set run.dir elsewhere", dir.display());
     Ok(())
 }

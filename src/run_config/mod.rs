@@ -72,6 +72,10 @@ pub struct RunSection {
     /// Rollout steps (each: `rl.prompts_per_step` tasks x `rl.samples_per_prompt` episodes).
     #[serde(default = "d_steps")]
     pub steps: u64,
+    /// The run fails (non-zero exit, naming the cause) after this many consecutive steps that trained no
+    /// agent (every action unscored, skipped or masked); a run that trains nothing at all fails at its end.
+    #[serde(default = "d_max_untrained_steps")]
+    pub max_untrained_steps: u64,
     /// `auto` (CUDA when it can run here, else the CPU), `cpu` or `cuda`; a new run's config.toml records
     /// the one it resolved to.
     #[serde(default)]
@@ -438,6 +442,9 @@ fn d_seed() -> u64 {
 }
 fn d_steps() -> u64 {
     128
+}
+fn d_max_untrained_steps() -> u64 {
+    3
 }
 fn d_one() -> u32 {
     1

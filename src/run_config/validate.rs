@@ -2,7 +2,8 @@
 //!
 //! Rules (every count also has an upper bound, named in its message, far past any real run: a typo such as
 //! 1e12 samples is refused here instead of aborting the process with an allocation failure):
-//! - `run.name`: non-empty, only `[A-Za-z0-9._-]` (it names a directory); `run.steps >= 1`.
+//! - `run.name`: non-empty, only `[A-Za-z0-9._-]` (it names a directory); `run.steps >= 1`;
+//!   `run.max_untrained_steps >= 1`.
 //! - `agents`: at least one; `name` an identifier (`[A-Za-z_][A-Za-z0-9_]*`), unique; `prompt` compiles as
 //!   minijinja and uses only [`PROMPT_VARIABLES`] (plus minijinja's globals), and `previous.X` /
 //!   `tool_results.X` only for an earlier agent X; `max_actions >= 1`, and `> 1` only with a tool (only a
@@ -151,6 +152,7 @@ impl RunConfig {
             format!("run.name must be non-empty and use only [A-Za-z0-9._-], got `{name}`")
         });
         e.count("run.steps", self.run.steps, 1, 10_000_000);
+        e.count("run.max_untrained_steps", self.run.max_untrained_steps, 1, 10_000_000);
     }
 
     fn check_agents(&self, e: &mut Errors) {
