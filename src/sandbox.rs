@@ -171,6 +171,9 @@ pub struct ToolOutput {
     pub isolation: Isolation,
 }
 
+/// How a rendered tool output marks a run that failed (the rule coach looks for it).
+pub const TOOL_ERROR: &str = "[tool error:";
+
 impl ToolOutput {
     /// The text an agent sees next turn: stdout, then stderr, then one-line notes on truncation and errors.
     pub fn render(&self) -> String {
@@ -190,10 +193,10 @@ impl ToolOutput {
         }
         match self.outcome {
             Outcome::Exited(0) => {}
-            Outcome::Exited(c) => s.push_str(&format!("[tool error: exited with status {c}]\n")),
-            Outcome::Timeout => s.push_str(&format!("[tool error: timed out after {}]\n", fmt_secs(self.timeout))),
+            Outcome::Exited(c) => s.push_str(&format!("{TOOL_ERROR} exited with status {c}]\n")),
+            Outcome::Timeout => s.push_str(&format!("{TOOL_ERROR} timed out after {}]\n", fmt_secs(self.timeout))),
             Outcome::Signaled(sig) => {
-                s.push_str(&format!("[tool error: killed by signal {sig} ({})]\n", signal_name(sig)))
+                s.push_str(&format!("{TOOL_ERROR} killed by signal {sig} ({})]\n", signal_name(sig)))
             }
         }
         if s.is_empty() {

@@ -469,6 +469,42 @@ fn rule_coach_grades_the_final_answer_through_the_parser() {
     assert!(RuleCoach::new("Verifier", OtherAgents::BoxedMatch { default: f32::NAN }, false).is_err());
 }
 
+/// The process coach of math pipelines: each action on what can be checked in it, from the real sandbox's
+/// rendered output (so the error marker it looks for is the one the sandbox writes).
+#[test]
+fn process_rule_coach_checks_each_action() {
+    use mappa::sandbox::{run_python, SandboxConfig};
+    let rule = RuleCoach::new("Verifier", OtherAgents::Process, false).expect("rule coach");
+    let coach = Coach::new(rule, CoachPrompt::default(), None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |code: &str| run_python(code, dir.path(), &SandboxConfig::default()).expect("sandbox").render();
+    let code_action = |out: String| CoachRequest {
+        ground_truth: Some("42".into()),
+        tool_output: Some(out),
+        ..request("Code Executor", "```python\n...\n```")
+    };
+    let cases = [
+        (run("print(6 * 7)"), 10.0),
+        (run("print('the total is', 6 * 7)"), 10.0),
+        (run("x = 6 * 7\nprint(x, 'apples')"), 10.0),
+        (run("print(6 * 8)"), 3.0),
+        (run("x = 6 * 7"), 3.0), // ran, printed nothing
+        (run("print(42)\nraise ValueError('late')"), 0.0),
+        (run("print(6 * 7"), 0.0), // a syntax error
+    ];
+    for (out, want) in cases {
+        assert_eq!(coach.score_action(&code_action(out.clone())), scored(want, 1), "{out:?}");
+    }
+    let text_action = |agent: &str, out: &str| CoachRequest { ground_truth: Some("42".into()), ..request(agent, out) };
+    assert_eq!(coach.score_action(&text_action("Problem Solver", "6 x 7 = \\boxed{42}")), scored(10.0, 1));
+    assert_eq!(coach.score_action(&text_action("Problem Solver", "\\boxed{41}")), scored(2.0, 1));
+    assert_eq!(coach.score_action(&text_action("Problem Solver", "It is 42.")), scored(0.0, 1), "no box");
+    assert_eq!(coach.score_action(&text_action("Verifier", "\\boxed{42}")), scored(10.0, 1));
+    assert_eq!(coach.score_action(&text_action("Verifier", "\\boxed{41}")), scored(0.0, 1), "final: right or not");
+    let reason = unscored_reason(coach.score_action(&request("Problem Solver", "\\boxed{42}")));
+    assert!(reason.contains("need the ground truth"), "{reason}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // HttpCoach
 // ---------------------------------------------------------------------------------------------

@@ -137,6 +137,10 @@ fn other_defaults_and_accessors() {
         .with_overrides(&["coach.ground_truth_to_final_agent=false", "agents[0].coach_sees_ground_truth=true"])
         .unwrap();
     assert_eq!((0..3).map(|i| m2.coach_sees_ground_truth(i)).collect::<Vec<_>>(), [true, false, false]);
+    // The rule coach's process checks read the ground truth of every action (no model sees it).
+    let process = m.with_overrides(&["coach.backend=rule", "coach.rule=process"]).unwrap();
+    assert_eq!((0..3).map(|i| process.coach_sees_ground_truth(i)).collect::<Vec<_>>(), [true, true, true]);
+    assert!(process.reward_label().starts_with("rule-based process coach"), "{}", process.reward_label());
 
     // Devices and sampling fall back to [run] / [rl].
     let m3 = m.with_overrides(&["run.device=1", "agents[2].device=3", "agents[1].sampling.temperature=0.7"]).unwrap();

@@ -457,3 +457,58 @@ impl WaitTimeout for std::process::Child {
         }
     }
 }
+
+/// The outcome-only baseline (`rl.reward = "outcome"`): every action of an episode gets 10 x its final
+/// answer's correctness, an ungradable episode's actions are unscored with the reason, and a run with it calls
+/// no coach and says so in its report.
+#[test]
+fn outcome_reward_scores_every_action_by_the_final_answer() {
+    use mappa::engine::FinishReason;
+    use mappa::rollout::{ActionRecord, Episode};
+    let action = |agent: usize| ActionRecord {
+        agent,
+        turn: 0,
+        context: vec![1],
+        tokens: vec![2],
+        logprobs: vec![-0.5],
+        finish: FinishReason::Stop,
+        text: String::new(),
+        code: None,
+        tool_output: None,
+        files: Vec::new(),
+    };
+    let episode = |correct: Option<bool>, actions: usize| Episode {
+        task_index: 0,
+        sample: 0,
+        actions: (0..actions).map(action).collect(),
+        outputs: Vec::new(),
+        skipped: Vec::new(),
+        workdir: PathBuf::new(),
+        final_answer_correct: correct,
+    };
+    let (scores, reasons) =
+        mappa::run::outcome_scores(&[episode(Some(true), 3), episode(Some(false), 4), episode(None, 2)]);
+    assert_eq!(scores, vec![vec![Some(10.0); 3], vec![Some(0.0); 4], vec![None; 2]]);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("cannot be graded"), "{reasons:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 1);
+    cfg.rl.reward = mappa::run_config::Reward::Outcome;
+    // An unreachable HTTP coach: the outcome baseline must not even probe it.
+    cfg.coach.backend = mappa::run_config::CoachBackend::Http;
+    cfg.coach.endpoint = Some("http://127.0.0.1:9/v1".into());
+    cfg.coach.model = Some("nobody".into());
+    cfg.coach.api_key_env = None;
+    let dir = Run::open(Open::New(Box::new(cfg))).unwrap().train().unwrap();
+    assert!(!dir.join("coach_log.jsonl").exists(), "no coach was called");
+    for line in metrics(&dir) {
+        let want = 10.0 * line["train_accuracy"].as_f64().unwrap();
+        if line["agent"] == "solver" {
+            assert_eq!(line["reward_mean"].as_f64().unwrap(), want, "one action per episode: {line}");
+        }
+        assert_eq!(line["unscored"], 0, "{line}");
+    }
+    let index = mappa::report::write_report(&dir).unwrap();
+    assert!(std::fs::read_to_string(index).unwrap().contains("outcome only"), "the report names the rewards");
+}

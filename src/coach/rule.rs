@@ -5,11 +5,16 @@
 //! - Other agents get [`OtherAgents::Fixed`] score, or with [`OtherAgents::BoxedMatch`] 10 when their
 //!   output boxes an answer equal to the ground truth and the default otherwise. BoxedMatch needs the
 //!   caller to set `ground_truth` on non-final requests too; without it they get the default.
+//! - [`OtherAgents::Process`] (the process coach of math pipelines) scores each action on what can be
+//!   checked in it: an action that ran code gets 10 if its output's last number is the answer, 3 if it ran
+//!   but printed something else, 0 if it failed; an action without code gets 10 for a correct boxed answer,
+//!   2 for a wrong one, 0 for none. It needs the ground truth on every request.
 //!
 //! The verdict is written as a `PROCESS_SCORE:` reply and goes through the same parser as a model's.
 use super::parse::{MAX_SCORE, SCORE_KEY};
 use super::{CoachBackend, CoachRequest};
-use crate::grade::grade;
+use crate::grade::{extract_boxed, grade};
+use crate::sandbox::TOOL_ERROR;
 use crate::tokenizer::ChatMessage;
 use anyhow::{bail, ensure, Result};
 
@@ -20,6 +25,8 @@ pub enum OtherAgents {
     Fixed(f32),
     /// 10 if the output's last `\boxed{}` matches the ground truth, else `default`.
     BoxedMatch { default: f32 },
+    /// Each action's own checkable result (module docs).
+    Process,
 }
 
 #[derive(Clone, Debug)]
@@ -32,7 +39,10 @@ pub struct RuleCoach {
 
 impl RuleCoach {
     pub fn new(final_agent: &str, others: OtherAgents, last_number_fallback: bool) -> Result<RuleCoach> {
-        let (OtherAgents::Fixed(s) | OtherAgents::BoxedMatch { default: s }) = others;
+        let s = match others {
+            OtherAgents::Fixed(s) | OtherAgents::BoxedMatch { default: s } => s,
+            OtherAgents::Process => 0.0,
+        };
         ensure!((0.0..=MAX_SCORE as f32).contains(&s), "rule coach score {s} is outside [0, {MAX_SCORE}]");
         Ok(RuleCoach { final_agent: final_agent.to_string(), others, last_number_fallback })
     }
@@ -54,7 +64,38 @@ impl RuleCoach {
                 Some(gold) if grade(&req.agent_output, gold, false) => (10.0, "the boxed answer is correct"),
                 _ => (default, "no correct boxed answer"),
             },
+            OtherAgents::Process => {
+                let Some(gold) = gold else {
+                    bail!("rule coach: the process checks need the ground truth for agent {:?}", req.agent_name)
+                };
+                match &req.tool_output {
+                    Some(out) => code_verdict(out, gold),
+                    None => boxed_verdict(&req.agent_output, gold),
+                }
+            }
         })
+    }
+}
+
+/// An action that ran code, by its rendered tool output: failed, ran, or printed the answer last.
+fn code_verdict(tool_output: &str, gold: &str) -> (f32, &'static str) {
+    if tool_output.contains(TOOL_ERROR) {
+        return (0.0, "its code failed");
+    }
+    // The sandbox's own notes (truncation, "[no output]") are lines in brackets; the program's output is the rest.
+    let printed: Vec<&str> = tool_output.lines().filter(|l| !(l.starts_with('[') && l.ends_with(']'))).collect();
+    match grade(&printed.join("\n"), gold, true) {
+        true => (10.0, "its code printed the answer"),
+        false => (3.0, "its code ran but did not print the answer"),
+    }
+}
+
+/// An action without code, by its boxed answer.
+fn boxed_verdict(output: &str, gold: &str) -> (f32, &'static str) {
+    match (grade(output, gold, false), extract_boxed(output).is_some()) {
+        (true, _) => (10.0, "its boxed answer is correct"),
+        (false, true) => (2.0, "its boxed answer is wrong"),
+        (false, false) => (0.0, "it gave no boxed answer"),
     }
 }
 

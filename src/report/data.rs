@@ -54,6 +54,8 @@ pub struct Run {
     pub name: String,
     /// Agents with data, in pipeline order (`config.toml`), then any others in order of appearance.
     pub agents: Vec<String>,
+    /// Where the rewards came from ([`crate::run_config::RunConfig::reward_label`]), when the config reads.
+    pub rewards: Option<String>,
     pub metrics: Vec<MetricRow>,
     pub evals: Vec<EvalRow>,
     /// Steps of the `checkpoints/step-NNNNNN` directories, ascending.
@@ -70,11 +72,11 @@ impl Run {
         let metrics: Vec<MetricRow> = read_jsonl(&metrics_path)?;
         let eval_path = run_dir.join("eval.jsonl");
         let evals: Vec<EvalRow> = if eval_path.is_file() { read_jsonl(&eval_path)? } else { Vec::new() };
-        let (config_name, config_agents) = read_config(&run_dir.join("config.toml"));
+        let (config_name, config_agents, rewards) = read_config(&run_dir.join("config.toml"));
         let name = config_name.unwrap_or_else(|| dir_name(run_dir));
         let agents = agent_order(&config_agents, &metrics, &evals);
         let checkpoints = checkpoint_steps(&run_dir.join("checkpoints"))?;
-        Ok(Run { name, agents, metrics, evals, checkpoints })
+        Ok(Run { name, agents, rewards, metrics, evals, checkpoints })
     }
 
     /// This agent's metric records, in file order.
@@ -121,22 +123,25 @@ fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
 
 /// `[run] name` and the `[[agents]]` names from the resolved config. The report works without them, so a
 /// file that cannot be read counts as absent and one that does not parse is only a warning.
-fn read_config(path: &Path) -> (Option<String>, Vec<String>) {
-    let Ok(text) = fs::read_to_string(path) else { return (None, Vec::new()) };
+fn read_config(path: &Path) -> (Option<String>, Vec<String>, Option<String>) {
+    let Ok(text) = fs::read_to_string(path) else { return (None, Vec::new(), None) };
     let table: toml::Table = match toml::from_str(&text) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("warning: {}: {e}; using the directory name and the agents in metrics.jsonl", path.display());
-            return (None, Vec::new());
+            return (None, Vec::new(), None);
         }
     };
+    let rewards = crate::run_config::RunConfig::from_toml_str(&text, &path.display().to_string())
+        .ok()
+        .map(|c| c.reward_label());
     let name = table.get("run").and_then(|r| r.get("name")).and_then(|n| n.as_str()).map(str::to_owned);
     let agents = table
         .get("agents")
         .and_then(|a| a.as_array())
         .map(|list| list.iter().filter_map(|a| a.get("name")?.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
-    (name, agents)
+    (name, agents, rewards)
 }
 
 fn dir_name(run_dir: &Path) -> String {

@@ -57,6 +57,9 @@ fn summary_table(h: &mut String, run: &Run, run_dir: &Path) {
     h.push_str("<table class=\"summary\">\n");
     row(h, "Run", &escape(&run.name));
     row(h, "Run directory", &escape(&run_dir.display().to_string()));
+    if let Some(rewards) = &run.rewards {
+        row(h, "Rewards", &escape(rewards));
+    }
     row(h, "Steps done", &steps_done);
     row(h, "Time (all steps)", &total_times(run));
     row(h, "Checkpoints", &checkpoints);

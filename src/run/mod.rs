@@ -49,7 +49,8 @@ pub struct Run {
     tok: Tokenizer,
     pub agents: Vec<Trainer>,
     reference: Box<dyn crate::model::Model>,
-    coach: Coach,
+    /// None for the outcome-only baseline (`rl.reward = "outcome"`).
+    coach: Option<Coach>,
     train: Vec<Task>,
     eval_sets: Vec<(String, Vec<Task>)>,
     sampler: TaskSampler,
@@ -188,6 +189,7 @@ impl Run {
 
     /// Coach scores per episode and action (`None`: unscored), and the reasons of the unscored.
     fn score(&self, episodes: &[Episode], bar: &ProgressBar) -> Result<(Vec<Vec<Option<f32>>>, Vec<String>)> {
+        let Some(coach) = &self.coach else { return Ok(outcome_scores(episodes)) };
         let mut reqs = Vec::new();
         for ep in episodes {
             for a in 0..ep.actions.len() {
@@ -195,7 +197,7 @@ impl Run {
             }
         }
         bar.set_message(format!("coach: {} actions", reqs.len()));
-        let mut outcomes = self.coach.score_all(reqs, self.cfg.coach.concurrency).into_iter();
+        let mut outcomes = coach.score_all(reqs, self.cfg.coach.concurrency).into_iter();
         let mut reasons = Vec::new();
         let scores = episodes
             .iter()
@@ -243,6 +245,24 @@ impl Run {
             self.cfg.agents.iter().zip(&self.agents).map(|(a, t)| (a.name.as_str(), t)).collect();
         checkpoint::save(&self.dir, self.step, &named, &self.base)
     }
+}
+
+/// The outcome-only baseline's scores: every action of an episode gets 10 x its final answer's correctness;
+/// an episode that cannot be graded leaves its actions unscored, with the reason.
+pub fn outcome_scores(episodes: &[Episode]) -> (Vec<Vec<Option<f32>>>, Vec<String>) {
+    let mut reasons = Vec::new();
+    let scores = episodes
+        .iter()
+        .map(|ep| {
+            let score = ep.final_answer_correct.map(|c| if c { crate::coach::MAX_SCORE as f32 } else { 0.0 });
+            if score.is_none() {
+                let why = "outcome reward: the episode's final answer cannot be graded (no answer, or file artifacts)";
+                reasons.extend(ep.actions.iter().map(|_| why.to_string()));
+            }
+            vec![score; ep.actions.len()]
+        })
+        .collect();
+    (scores, reasons)
 }
 
 /// Agent `agent`'s scored actions as training samples: the exact context it saw, then its tokens.

@@ -8,7 +8,7 @@ use crate::data::{load_tasks, train_split, Task, TaskSampler, HOLDOUT_NAME};
 use crate::loader::LoadedModel;
 use crate::model::{self, Backend, BackendChoice};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
-use crate::run_config::{CoachBackend, LrSchedule as Schedule, RunConfig, Tool};
+use crate::run_config::{CoachBackend, LrSchedule as Schedule, Reward, RuleKind, RunConfig, Tool};
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Trainer, TrainerConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -104,7 +104,11 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
         drop_lines_after(&dir.join("metrics.jsonl"), step)?;
         drop_lines_after(&dir.join("eval.jsonl"), step)?;
     }
-    let coach = coach.with_log(CoachLog::open(&dir.join("coach_log.jsonl"))?);
+    let coach = match coach {
+        Some(c) => Some(c.with_log(CoachLog::open(&dir.join("coach_log.jsonl"))?)),
+        None => None,
+    };
+    eprintln!("rewards: {}", cfg.reward_label());
     let mut base = base;
     base.weights = Default::default(); // only the tokenizer files are needed from here on
     Ok(Run {
@@ -132,7 +136,7 @@ struct Preflight {
     train: Vec<Task>,
     eval_sets: Vec<(String, Vec<Task>)>,
     sampler: TaskSampler,
-    coach: Coach,
+    coach: Option<Coach>,
 }
 
 /// Every check a run can make before it writes anything: the files exist, the base model and its tokenizer
@@ -164,8 +168,15 @@ fn preflight(cfg: &RunConfig, backend: Backend) -> Result<Preflight> {
         eval_sets.push((HOLDOUT_NAME.to_string(), split.holdout));
     }
     let sampler = TaskSampler::new(split.train.len(), cfg.rl.prompts_per_step, cfg.run.seed)?;
-    let coach = build_coach(cfg, backend)?;
-    coach.probe().context("the coach is not usable")?;
+    // The outcome-only baseline calls no coach.
+    let coach = match cfg.rl.reward {
+        Reward::Coach => {
+            let coach = build_coach(cfg, backend)?;
+            coach.probe().context("the coach is not usable")?;
+            Some(coach)
+        }
+        Reward::Outcome => None,
+    };
     if cfg.agents.iter().any(|a| a.tools.contains(&Tool::Python)) {
         check_sandbox(cfg)?;
     }
@@ -324,8 +335,12 @@ pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
         }
         CoachBackend::Rule => {
             let last = &cfg.agents.last().context("the run has no agents")?.name;
+            let others = match c.rule {
+                RuleKind::Final => OtherAgents::BoxedMatch { default: 5.0 },
+                RuleKind::Process => OtherAgents::Process,
+            };
             Coach::new(
-                RuleCoach::new(last, OtherAgents::BoxedMatch { default: 5.0 }, cfg.data.last_number_fallback)?,
+                RuleCoach::new(last, others, cfg.data.last_number_fallback)?,
                 prompt,
                 None,
             )

@@ -10,7 +10,9 @@
 //!   `artifacts` (files it must leave in the working directory), `coach_sees_ground_truth` (default: only
 //!   the last agent, and only when `coach.ground_truth_to_final_agent`) and `[agents.sampling]` overrides.
 //! - `[coach]`: backend (`http` | `local` | `rule`), model, endpoint, `api_key_env` (the NAME of the
-//!   variable holding the key; keys never appear in a config), prompt override, limits and retries.
+//!   variable holding the key; keys never appear in a config), prompt override, limits and retries, and for
+//!   the rule coach what it checks (`rule = "final" | "process"`). `rl.reward = "outcome"` replaces the
+//!   coach by the paper's outcome-only baseline.
 //! - `[data]`: train file, eval files, record field names (dotted paths into the JSON record), the answer
 //!   fallback flag, sub-sampling and the eval-only guard; `[data.stage_files]` copies files named by a
 //!   record field into the working directory (DSBench's `train.csv`/`test.csv`).
@@ -196,6 +198,34 @@ pub struct CoachConfig {
     /// follow the answer format by itself); the model continues from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_prefix: Option<String>,
+    /// `rule` only: what the rule coach checks (see [`RuleKind`]).
+    #[serde(default)]
+    pub rule: RuleKind,
+}
+
+/// What the rule coach checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleKind {
+    /// The final agent's answer (10 or 0); other agents 10 for a correct boxed answer, else 5.
+    #[default]
+    Final,
+    /// Each math-pipeline action on what can be checked in it: a code action on whether its code ran and
+    /// printed the answer, a text action on its boxed answer, the final agent on the final answer. Every
+    /// agent's request carries the ground truth (a rule reads it; no model sees it).
+    Process,
+}
+
+/// Where the per-action rewards come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reward {
+    /// The coach scores every action (MAPPA).
+    #[default]
+    Coach,
+    /// Outcome only (the paper's baseline): every action of an episode gets 10 x the final answer's
+    /// correctness; the coach is not called.
+    Outcome,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,6 +345,8 @@ pub struct RlConfig {
     pub mask_truncated: bool,
     /// Divide centred returns by the agent's std.
     pub advantage_std_norm: bool,
+    /// `coach` (per-action coach scores) or `outcome` (10 x the episode's final correctness for every action).
+    pub reward: Reward,
 }
 
 impl Default for RlConfig {
@@ -350,6 +382,7 @@ impl Default for RlConfig {
             loss_aggregation: LossAggregation::SeqMeanTokenMean,
             mask_truncated: true,
             advantage_std_norm: true,
+            reward: Reward::Coach,
         }
     }
 }
@@ -537,6 +570,30 @@ impl RunConfig {
         }
     }
 
+    /// Where the rewards come from, in words, for logs and the report.
+    pub fn reward_label(&self) -> String {
+        let c = &self.coach;
+        match (self.rl.reward, c.backend) {
+            (Reward::Outcome, _) => "outcome only: every action gets 10 x the final answer's correctness".into(),
+            (Reward::Coach, CoachBackend::Rule) => match c.rule {
+                RuleKind::Final => "rule-based coach: the final answer (10/0), others' boxed answers".into(),
+                RuleKind::Process => {
+                    "rule-based process coach: each action's own checkable result (code ran and printed the \
+                     answer; boxed answer; final answer)"
+                        .into()
+                }
+            },
+            (Reward::Coach, CoachBackend::Local) => {
+                format!("local model coach `{}`", c.model.as_deref().unwrap_or("?"))
+            }
+            (Reward::Coach, CoachBackend::Http) => format!(
+                "HTTP coach `{}` at {}",
+                c.model.as_deref().unwrap_or("?"),
+                c.endpoint.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.run.dir.clone().unwrap_or_else(|| Path::new("runs").join(&self.run.name))
     }
@@ -561,6 +618,9 @@ impl RunConfig {
 
     /// Whether the coach gets the ground truth when scoring agent `i`.
     pub fn coach_sees_ground_truth(&self, i: usize) -> bool {
+        if self.coach.backend == CoachBackend::Rule && self.coach.rule == RuleKind::Process {
+            return true;
+        }
         self.agents[i]
             .coach_sees_ground_truth
             .unwrap_or(i + 1 == self.agents.len() && self.coach.ground_truth_to_final_agent)
