@@ -10,7 +10,8 @@
 //!   next token of each sequence that asks for one. The block manager and scheduler that decide what goes
 //!   into a step are plain Rust above the seam (`engine`).
 //! - **scoring**: [`Model::sequence_logprobs`] gives log π(next token) at chosen positions of packed
-//!   sequences, forward only (reference and old-policy log-probs, and scoring text).
+//!   sequences, forward only (reference and old-policy log-probs, and scoring text);
+//!   [`Model::sequence_top_logprobs`] adds the most likely alternatives at each (a prompt's `echo`).
 //! - **training**: [`Model::forward_backward`] scores packed sequences, hands the log-probs to the caller's
 //!   loss, and adds the gradient of Σ dlogp·logp to the model's gradient buffer; [`Model::optimizer_step`]
 //!   clips the global norm and takes an AdamW step on the model's own weights, which the next rollout uses.
@@ -202,10 +203,14 @@ pub struct StepBatch<'a> {
 
 /// A sampled token and its log-probability under softmax(logits / T) before any top-k/top-p cut (T = 1
 /// when greedy): the rollout policy's log-prob that training needs.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sampled {
     pub id: u32,
     pub logprob: f32,
+    /// The `params.top_logprobs` most likely tokens of the same distribution with their log-probs, most
+    /// likely first, ties by the lower id (`crate::sample::sample_with_top`); empty when none were asked for.
+    /// `logprob` is its own entry's value when it is among them.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Packed sequences for scoring or training: `seq_lens` sum to `tokens.len()`, each sequence has positions
@@ -238,6 +243,14 @@ pub trait Model: Send + Sync {
 
     /// log π(next token) at `p.positions` under softmax(logits / temperature), forward only.
     fn sequence_logprobs(&self, p: Packed, temperature: f32) -> Result<Vec<f32>>;
+    /// `sequence_logprobs` with, at each position, the `k` most likely next tokens of the same distribution
+    /// and their log-probs (most likely first, ties by the lower id; `k` at most
+    /// [`crate::sample::MAX_TOP_LOGPROBS`]), from the same forward pass: what `echo` with `logprobs` serves.
+    /// A backend that cannot give alternatives refuses `k > 0` (this default) rather than guess.
+    fn sequence_top_logprobs(&self, p: Packed, temperature: f32, k: usize) -> Result<(Vec<f32>, Vec<Vec<(u32, f32)>>)> {
+        ensure!(k == 0, "top log-probs of a scored sequence are not supported on the {} backend yet", self.backend());
+        Ok((self.sequence_logprobs(p, temperature)?, vec![Vec::new(); p.positions.len()]))
+    }
     /// Scores `p` like `sequence_logprobs`, calls `loss` with the log-probs, and adds the gradient of
     /// Σ dlogp·logp (dlogp as `loss` returned it) to the gradient buffer. `recompute` keeps only layer
     /// inputs in the forward and recomputes the rest in the backward.

@@ -2,7 +2,14 @@
 //! top-p (nucleus), as transformers orders them. Draws are a function of (seed, token index), so runs are
 //! reproducible and independent of batching.
 //! Every choice also returns its log-probability under softmax(logits / T) before truncation (T = 1 when
-//! greedy): the rollout policy's log-prob that training needs.
+//! greedy): the rollout policy's log-prob that training needs. A sequence may also ask for the
+//! `top_logprobs` most likely tokens at each step ([`sample_with_top`], [`logprob_and_top`]): they come from that same distribution,
+//! computed by the same expression, so the sampled token's log-prob equals its own entry among them bit for
+//! bit. At T = 1 (OpenAI's default) and when greedy, that is the model's raw log-softmax, which is what
+//! OpenAI reports; at another temperature the log-probs (sampled and alternatives alike) are those of the
+//! tempered distribution the token was drawn from.
+
+use crate::model::Sampled;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -13,11 +20,17 @@ pub struct SamplingParams {
     /// 1.0 means no nucleus cut.
     pub top_p: f32,
     pub seed: u64,
+    /// Alternatives to report with each token: its `top_logprobs` most likely tokens with their log-probs
+    /// (0: none; at most [`MAX_TOP_LOGPROBS`]). They change nothing about the draw.
+    pub top_logprobs: usize,
 }
+
+/// Most alternatives a token may come with (OpenAI's bound on `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, top_logprobs: 0 }
     }
 }
 
@@ -29,6 +42,9 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) || self.top_p.is_nan() {
             anyhow::bail!("top-p must be in (0, 1], got {}", self.top_p);
         }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            anyhow::bail!("top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}", self.top_logprobs);
+        }
         Ok(())
     }
 }
@@ -39,11 +55,70 @@ impl SamplingParams {
 /// tokens do not depend on what else shares its batch, on a preemption that recomputes it, or on which
 /// backend runs it (the CUDA sampler draws the same numbers).
 pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> (u32, f32) {
-    let t = if params.temperature > 0.0 { params.temperature } else { 1.0 };
+    let s = sample_with_top(logits, params, index);
+    (s.id, s.logprob)
+}
+
+/// [`sample`], with the `params.top_logprobs` most likely tokens when asked for.
+pub fn sample_with_top(logits: &[f32], params: &SamplingParams, index: u64) -> Sampled {
+    let (scaled, lse) = tempered(logits, params.temperature);
+    let pick = if params.temperature == 0.0 { argmax(&scaled) } else { draw(&scaled, lse, params, index) };
+    Sampled { id: pick as u32, logprob: scaled[pick] - lse, top: top_of(&scaled, lse, params.top_logprobs) }
+}
+
+/// The log-prob of token `id` and the `k` most likely tokens with theirs (most likely first, ties by the
+/// lower id), under softmax(logits / T) with T = 1 when `temperature` is 0: the values [`sample`] gives.
+pub fn logprob_and_top(logits: &[f32], temperature: f32, id: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let (scaled, lse) = tempered(logits, temperature);
+    (scaled[id as usize] - lse, top_of(&scaled, lse, k))
+}
+
+/// logits / T (T = 1 when greedy) and their log-sum-exp.
+fn tempered(logits: &[f32], temperature: f32) -> (Vec<f32>, f32) {
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
     let scaled: Vec<f32> = logits.iter().map(|&l| l / t).collect();
     let lse = crate::cpu::ops::logsumexp(&scaled);
-    let pick = if params.temperature == 0.0 { argmax(&scaled) } else { draw(&scaled, lse, params, index) };
-    (pick as u32, scaled[pick] - lse)
+    (scaled, lse)
+}
+
+fn top_of(scaled: &[f32], lse: f32, k: usize) -> Vec<(u32, f32)> {
+    let mut top = TopK::new(k);
+    for (id, &l) in scaled.iter().enumerate() {
+        top.offer(id as u32, l);
+    }
+    top.into_sorted().into_iter().map(|(id, l)| (id, l - lse)).collect()
+}
+
+/// The `k` largest values offered, kept sorted (value desc, then the order offered): offered in id order,
+/// ties go to the lower id. NaN is never kept. O(k) per kept value, nothing for the rest.
+#[derive(Clone, Debug)]
+pub struct TopK<T> {
+    k: usize,
+    kept: Vec<(u32, T)>,
+}
+
+impl<T: PartialOrd + Copy> TopK<T> {
+    pub fn new(k: usize) -> TopK<T> {
+        TopK { k, kept: Vec::with_capacity(k) }
+    }
+
+    pub fn offer(&mut self, id: u32, value: T) {
+        if self.k == 0 || (self.kept.len() == self.k && !(value > self.kept[self.k - 1].1)) {
+            return;
+        }
+        if value.partial_cmp(&value).is_none() {
+            return; // NaN
+        }
+        let at = self.kept.partition_point(|&(_, v)| v >= value);
+        if self.kept.len() == self.k {
+            self.kept.pop();
+        }
+        self.kept.insert(at, (id, value));
+    }
+
+    pub fn into_sorted(self) -> Vec<(u32, T)> {
+        self.kept
+    }
 }
 
 /// A uniform number in [0, 1) from (seed, index): splitmix64's finaliser over the seed and the index

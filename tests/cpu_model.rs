@@ -76,7 +76,7 @@ fn sampler_greedy_top_k_and_seeds() {
     let mut top3: Vec<usize> = (0..50).collect();
     top3.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     let top3 = &top3[..3];
-    let params = SamplingParams { temperature: 1.5, top_k: 3, top_p: 1.0, seed: 11 };
+    let params = SamplingParams { temperature: 1.5, top_k: 3, top_p: 1.0, seed: 11, top_logprobs: 0 };
     let draws: Vec<u32> = (0..300).map(|i| sample(&logits, &params, i).0).collect();
     assert!(draws.iter().all(|&d| top3.contains(&(d as usize))));
     assert!(top3.iter().all(|t| draws.contains(&(*t as u32))), "all three should appear in 300 draws");
@@ -89,7 +89,7 @@ fn sampler_greedy_top_k_and_seeds() {
     assert_ne!(draws, other);
 
     // A tiny top-p keeps only the most likely token.
-    let tiny_p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1e-6, seed: 5 };
+    let tiny_p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1e-6, seed: 5, top_logprobs: 0 };
     assert!((0..50).all(|i| sample(&logits, &tiny_p, i).0 as usize == best));
 
     // The draws are uniform: their mean over many (seed, index) pairs is 1/2, each decile holds ~1/10.

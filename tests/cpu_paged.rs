@@ -321,7 +321,7 @@ fn step_samples_the_same_tokens_alone_and_batched() {
     let backend = CpuBackend::from_model(tiny(Arch::Qwen2));
     let seqs = three_sequences(67);
     let tables: Vec<Vec<u32>> = vec![vec![0], vec![1], (2..11).collect()];
-    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, seed: 5 };
+    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, seed: 5, top_logprobs: 0 };
     let spec = Some(SampleSpec { params, index: 3 });
     let batch = |which: &[usize]| StepBatch {
         copies: Vec::new(),

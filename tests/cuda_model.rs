@@ -136,7 +136,7 @@ fn smollm2_batch_of_64_equals_one_at_a_time() {
     let (_, tok) = common::smollm2();
     let reqs: Vec<Request> = (0..64)
         .map(|i| {
-            let sampled = |seed| SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed };
+            let sampled = |seed| SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed, top_logprobs: 0 };
             let samples = match i % 4 {
                 0 => vec![greedy()],
                 1 | 2 => vec![sampled(i as u64)],

@@ -40,7 +40,7 @@ fn logit_rows(vocab: usize, seed: u64) -> Vec<(&'static str, Vec<f32>)> {
 /// Greedy, then every combination of temperature {0.7, 1.3}, top-k {0, 1, 40} and top-p {1, 0.9, 0.5},
 /// then top-k at vocab - 1 (a cut) and at vocab (none).
 fn param_grid(vocab: usize) -> Vec<SamplingParams> {
-    let p = |temperature, top_k, top_p| SamplingParams { temperature, top_k, top_p, seed: 0 };
+    let p = |temperature, top_k, top_p| SamplingParams { temperature, top_k, top_p, seed: 0, top_logprobs: 0 };
     let mut grid = vec![p(0.0, 0, 1.0), p(0.0, 40, 0.5)]; // greedy ignores the cuts
     for t in [0.7, 1.3] {
         for k in [0, 1, 40] {
@@ -224,7 +224,7 @@ fn sample_nan_and_infinite_logits() {
     let modes = [
         SamplingParams { temperature: 0.0, ..Default::default() },
         SamplingParams { temperature: 1.0, seed: 3, ..Default::default() },
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, seed: 4 },
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, seed: 4, top_logprobs: 0 },
     ];
     let mut flat = Vec::new();
     let mut batch = Vec::new();

@@ -72,7 +72,7 @@ fn context(history: &[u32]) -> u64 {
 /// The fake model's choice after a history with context hash `ctx`.
 fn draw(ctx: u64, spec: SampleSpec, vocab: usize) -> Sampled {
     let h = mix(mix(ctx, spec.params.seed), spec.index);
-    Sampled { id: (h % vocab as u64) as u32, logprob: -((h >> 40) as f32) / (1u64 << 22) as f32 }
+    Sampled { id: (h % vocab as u64) as u32, logprob: -((h >> 40) as f32) / (1u64 << 22) as f32, top: Vec::new() }
 }
 
 impl Model for Fake {

@@ -87,7 +87,14 @@ impl Generator for Scripted {
                     Some(t) if stop_ids.contains(t) => FinishReason::Stop,
                     _ => FinishReason::Length,
                 };
-                Generation { logprobs: vec![-0.5; tokens.len()], tokens, finish, prefill_s: 0.0, decode_s: 0.0 }
+                Generation {
+                    logprobs: vec![-0.5; tokens.len()],
+                    top_logprobs: Vec::new(),
+                    tokens,
+                    finish,
+                    prefill_s: 0.0,
+                    decode_s: 0.0,
+                }
             })
             .collect())
     }

@@ -54,14 +54,17 @@ impl Model for CpuBackend {
             .iter()
             .map(|s| {
                 let spec = s.sample?;
-                let (id, logprob) = crate::sample::sample(rows.next()?, &spec.params, spec.index);
-                Some(Sampled { id, logprob })
+                Some(crate::sample::sample_with_top(rows.next()?, &spec.params, spec.index))
             })
             .collect())
     }
 
     fn sequence_logprobs(&self, p: Packed, temperature: f32) -> Result<Vec<f32>> {
         self.model.sequence_logprobs(p.tokens, p.seq_lens, p.positions, temperature)
+    }
+
+    fn sequence_top_logprobs(&self, p: Packed, temperature: f32, k: usize) -> Result<(Vec<f32>, Vec<Vec<(u32, f32)>>)> {
+        self.model.sequence_top_logprobs(p.tokens, p.seq_lens, p.positions, temperature, k)
     }
 
     fn forward_backward(&mut self, p: Packed, temperature: f32, recompute: bool, loss: &mut LossFn) -> Result<()> {

@@ -15,6 +15,7 @@
 //! bit-identical for any thread count (tests/cpu_logprob.rs checks it); different `chunk` sizes agree only up to
 //! f32 rounding.
 use super::linear::{matmul, parallelism, View};
+use crate::sample::TopK;
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 
@@ -100,14 +101,50 @@ pub fn token_logprobs(
     chunk: usize,
     with_entropy: bool,
 ) -> Result<LogprobOut> {
+    Ok(reduce(h, w, targets, t, d, v, temperature, chunk, with_entropy, 0)?.0)
+}
+
+/// [`token_logprobs`] with, at each position, the `k` most likely tokens and their log-probs (most likely
+/// first, ties by the lower id), kept as the chunks go by. A target's log-prob and its own entry among the
+/// alternatives are the same number (one expression over the same logit and log-sum-exp).
+#[allow(clippy::too_many_arguments)]
+pub fn token_top_logprobs(
+    h: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    t: usize,
+    d: usize,
+    v: usize,
+    temperature: f32,
+    chunk: usize,
+    k: usize,
+) -> Result<(LogprobOut, Vec<Vec<(u32, f32)>>)> {
+    reduce(h, w, targets, t, d, v, temperature, chunk, false, k)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reduce(
+    h: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    t: usize,
+    d: usize,
+    v: usize,
+    temperature: f32,
+    chunk: usize,
+    with_entropy: bool,
+    k: usize,
+) -> Result<(LogprobOut, Vec<Vec<(u32, f32)>>)> {
     check(h, w, targets, t, d, v, temperature, chunk)?;
     let chunk = chunk.min(v);
     let mut scratch = vec![0f32; t * chunk];
     let mut state = vec![Online { max: f64::NEG_INFINITY, sum: 0.0, dot: 0.0, target: 0.0 }; t];
+    let mut tops = vec![TopK::<f32>::new(k); t];
     for (v0, rows) in chunks(v, chunk) {
         let scratch = &mut scratch[..t * rows];
         chunk_logits(scratch, h, w, t, d, v0, rows, temperature);
-        scratch.par_chunks(rows).zip(state.par_iter_mut()).zip(targets.par_iter()).for_each(|((row, s), &tg)| {
+        let states = state.par_iter_mut().zip(tops.par_iter_mut());
+        scratch.par_chunks(rows).zip(states).zip(targets.par_iter()).for_each(|((row, (s, top)), &tg)| {
             let max = row.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64)).max(s.max);
             let rescale = (s.max - max).exp();
             let (mut sum, mut dot) = (s.sum * rescale, s.dot * rescale);
@@ -120,14 +157,25 @@ pub fn token_logprobs(
             if let Some(l) = (tg as usize).checked_sub(v0).and_then(|j| row.get(j)) {
                 s.target = *l as f64;
             }
+            if k > 0 {
+                for (j, &l) in row.iter().enumerate() {
+                    top.offer((v0 + j) as u32, l);
+                }
+            }
         });
     }
     let lse: Vec<f64> = state.iter().map(|s| s.max + s.sum.ln()).collect();
-    Ok(LogprobOut {
+    let top = tops
+        .into_iter()
+        .zip(&lse)
+        .map(|(top, &l)| top.into_sorted().into_iter().map(|(id, x)| (id, (x as f64 - l) as f32)).collect())
+        .collect();
+    let out = LogprobOut {
         logp: state.iter().zip(&lse).map(|(s, l)| (s.target - l) as f32).collect(),
         entropy: with_entropy.then(|| state.iter().zip(&lse).map(|(s, l)| (l - s.dot / s.sum) as f32).collect()),
         lse: lse.into_iter().map(|l| l as f32).collect(),
-    })
+    };
+    Ok((out, top))
 }
 
 /// The gradient of sum_t dlogp_t * logp_t (logp from [`token_logprobs`], whose `lse` this takes) w.r.t. h,

@@ -12,9 +12,10 @@ use super::grad::{
     rope_backward, swiglu_backward, Packed,
 };
 use super::linear::linear;
-use super::logprob::{token_logprobs, token_logprobs_backward};
+use super::logprob::{token_logprobs, token_logprobs_backward, token_top_logprobs};
 use super::model::{AttnIn, CpuModel, Layer};
 use super::ops::rmsnorm;
+use crate::sample::MAX_TOP_LOGPROBS;
 use anyhow::{ensure, Result};
 
 /// Vocabulary rows scored per GEMM in the fused LM head.
@@ -157,6 +158,26 @@ impl CpuModel {
     ) -> Result<Vec<f32>> {
         let tape = self.forward_train(tokens, seq_lens, true)?;
         Ok(self.score(&tape, positions, temperature)?.logp)
+    }
+
+    /// `sequence_logprobs` with the `k` most likely next tokens and their log-probs at each position, from
+    /// the same forward pass and the same log-sum-exp (`logprob::token_top_logprobs`).
+    pub fn sequence_top_logprobs(
+        &self,
+        tokens: &[u32],
+        seq_lens: &[usize],
+        positions: &[usize],
+        temperature: f32,
+        k: usize,
+    ) -> Result<(Vec<f32>, Vec<Vec<(u32, f32)>>)> {
+        ensure!(k <= MAX_TOP_LOGPROBS, "at most {MAX_TOP_LOGPROBS} top log-probs, asked for {k}");
+        let tape = self.forward_train(tokens, seq_lens, true)?;
+        let (d, v) = (self.config.hidden_size, self.config.vocab_size);
+        let targets = targets(&tape.tokens, &tape.seq_lens, positions)?;
+        let h = gather_rows(&tape.hidden, d, positions);
+        let head = &self.arena[self.head()];
+        let (out, top) = token_top_logprobs(&h, head, &targets, positions.len(), d, v, temperature, VOCAB_CHUNK, k)?;
+        Ok((out.logp, top))
     }
 
     /// Adds to `grads` (the arena's layout) the gradient of sum_i dlogp_i * logp_i, where logp_i is

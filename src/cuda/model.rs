@@ -22,7 +22,12 @@
 //! Per-step metadata (token ids, positions, pool slots, sampled rows) goes up in one copy; scratch buffers
 //! are kept between steps and grow with the largest step seen.
 //!
-//! Training (scored forward, backward, optimizer) is the CUDA training issue's work; those methods say so.
+//! A sequence that asks for `top_logprobs` has its row of logits downloaded and its alternatives (and its
+//! sampled token's log-prob, so the two agree exactly) computed on the host by the CPU's function
+//! (`sample::logprob_and_top`); the other rows never leave the device.
+//!
+//! Training (scored forward, backward, optimizer) is the CUDA training issue's work; those methods say so,
+//! and so does scoring a sequence (prompt log-probs).
 use super::attention::{Attention, AttnShape};
 use super::norm::{self, Rows};
 use super::qkv::{self, QkvExtras, QkvShape};
@@ -396,28 +401,37 @@ impl Model for CudaModel {
         let w = &mut *w;
         let n = self.forward(w, pool, batch)?;
         let specs: Vec<_> = batch.seqs.iter().filter_map(|s| s.sample.map(|sp| (sp.params, sp.index))).collect();
+        let v = self.config.vocab_size;
         let picks = match n {
             0 => Vec::new(),
             _ => {
                 let logits = w.logits.0.as_ref().expect("forward wrote the logits");
-                w.sampler.sample(
-                    &self.gpu,
-                    &logits.slice(0..n * self.config.vocab_size),
-                    self.config.vocab_size,
-                    &specs,
-                )?
+                let picks = w.sampler.sample(&self.gpu, &logits.slice(0..n * v), v, &specs)?;
+                let mut out = Vec::with_capacity(n);
+                for (row, ((id, logprob), (params, _))) in picks.into_iter().zip(&specs).enumerate() {
+                    let mut s = Sampled { id, logprob, top: Vec::new() };
+                    if params.top_logprobs > 0 {
+                        // Alternatives on the host, from this row's fp32 logits (one row download), with the
+                        // CPU's function; the sampled token's log-prob is then taken from the same host
+                        // computation, so it equals its own entry among the alternatives exactly.
+                        let row = self.gpu.download(&logits.slice(row * v..(row + 1) * v))?;
+                        (s.logprob, s.top) =
+                            crate::sample::logprob_and_top(&row, params.temperature, id, params.top_logprobs);
+                    }
+                    out.push(s);
+                }
+                out
             }
         };
         let mut picks = picks.into_iter();
-        Ok(batch
-            .seqs
-            .iter()
-            .map(|s| s.sample.and_then(|_| picks.next()).map(|(id, logprob)| Sampled { id, logprob }))
-            .collect())
+        Ok(batch.seqs.iter().map(|s| s.sample.and_then(|_| picks.next())).collect())
     }
 
     fn sequence_logprobs(&self, _p: Packed, _temperature: f32) -> Result<Vec<f32>> {
         Err(self.no_training())
+    }
+    fn sequence_top_logprobs(&self, _p: Packed, _t: f32, _k: usize) -> Result<(Vec<f32>, Vec<Vec<(u32, f32)>>)> {
+        bail!("scoring sequences (prompt log-probs) is not supported on the cuda backend yet; use the cpu backend")
     }
     fn forward_backward(
         &mut self,

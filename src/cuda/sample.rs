@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn rows_pack_as_the_twin_decides_cuts_and_walk_order() {
-        let p = |temperature, top_k, top_p| SamplingParams { temperature, top_k, top_p, seed: 9 };
+        let p = |temperature, top_k, top_p| SamplingParams { temperature, top_k, top_p, seed: 9, top_logprobs: 0 };
         let rows = [
             (p(0.0, 0, 1.0), 3),  // greedy
             (p(1.0, 0, 1.0), 4),  // no cut: index order

@@ -2,7 +2,8 @@
 //!
 //! What it assumes of [`Model::step`]: it applies `copies` in order before anything else, writes every
 //! sequence's keys and values into the slots its block table names for positions `pos..`, and returns one
-//! entry per sequence, `Some` exactly where the sequence asked to sample. What the engine guarantees in
+//! entry per sequence, `Some` exactly where the sequence asked to sample, with as many alternatives as its
+//! `top_logprobs` asked for (or the whole vocabulary, if smaller). What the engine guarantees in
 //! return: each table covers exactly positions `0 .. pos + tokens.len()`; no slot is written by two sequences
 //! of a step; a sequence's positions before `pos` were computed in earlier steps (or copied at the start of
 //! this one), never in this step, so the sequences of a step can run in any order or at once. A step that
@@ -85,6 +86,7 @@ impl<'m> Engine<'m> {
             let empty = Generation {
                 tokens: Vec::new(),
                 logprobs: Vec::new(),
+                top_logprobs: Vec::new(),
                 finish: FinishReason::Length,
                 prefill_s: 0.0,
                 decode_s: 0.0,
@@ -157,11 +159,18 @@ impl<'m> Engine<'m> {
                 c.sample.is_some() == o.is_some(),
                 "the model sampled where it was not asked to, or did not where it was"
             );
-            if let Some(s) = o {
+            if let (Some(s), Some(spec)) = (o, c.sample) {
                 ensure!((s.id as usize) < vocab, "the model sampled token {} of a {vocab}-token vocabulary", s.id);
+                let k = spec.params.top_logprobs.min(vocab);
+                ensure!(s.top.len() == k, "the model gave {} top log-probs where {k} were asked for", s.top.len());
             }
         }
         Ok(out)
+    }
+
+    /// The model the engine steps.
+    pub fn model(&self) -> &'m dyn Model {
+        self.model
     }
 
     pub fn stats(&self) -> &EngineStats {

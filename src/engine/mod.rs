@@ -25,7 +25,7 @@ use serde::Serialize;
 
 pub use batch::{generate, generate_batch};
 pub use driver::Engine;
-pub use service::{EngineService, ServiceLoad, Update};
+pub use service::{EngineService, Scores, ServiceLoad, Update};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,6 +43,9 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// log π of each token under softmax(logits / T) before any top-k/top-p cut (T = 1 when greedy).
     pub logprobs: Vec<f32>,
+    /// Per token, its sample's `top_logprobs` most likely alternatives with their log-probs under the same
+    /// distribution ([`crate::model::Sampled::top`]); empty when the sample asked for none.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     pub finish: FinishReason,
     /// Seconds from `Engine::add` to the first token (queueing included), and from it to the last.
     pub prefill_s: f64,
@@ -94,8 +97,8 @@ pub struct Request {
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// `seq` generated `id`.
-    Token { seq: SeqId, id: u32, logprob: f32 },
+    /// `seq` generated `id`; `top` are the alternatives its sample asked for (empty: none).
+    Token { seq: SeqId, id: u32, logprob: f32, top: Vec<(u32, f32)> },
     /// `seq` stopped (after its last Token event) and holds no blocks any more.
     Finished { seq: SeqId, generation: Generation },
 }

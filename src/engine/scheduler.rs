@@ -262,8 +262,8 @@ impl Scheduler {
                 continue;
             }
             let Some(s) = sampled else { continue };
-            let finish = seq.push(s.id, s.logprob, now);
-            events.push(Event::Token { seq: c.seq, id: s.id, logprob: s.logprob });
+            let finish = seq.push(s, now);
+            events.push(Event::Token { seq: c.seq, id: s.id, logprob: s.logprob, top: s.top.clone() });
             if let Some(reason) = finish {
                 if let Some(seq) = self.remove(c.seq, blocks) {
                     events.push(Event::Finished { seq: c.seq, generation: seq.into_generation(reason, now) });
@@ -343,7 +343,8 @@ mod tests {
     /// Schedules and applies one step in which every sampling sequence draws `id`.
     fn step(s: &mut Scheduler, bm: &mut BlockManager, id: u32) -> Ran {
         let plan = s.schedule(bm);
-        let out: Vec<_> = plan.chunks.iter().map(|c| c.sample.map(|_| Sampled { id, logprob: -1.0 })).collect();
+        let out: Vec<_> =
+            plan.chunks.iter().map(|c| c.sample.map(|_| Sampled { id, logprob: -1.0, top: Vec::new() })).collect();
         s.apply(bm, &plan, &out);
         s.check(bm).unwrap();
         (plan.chunks.iter().map(|c| (c.seq, c.pos, c.len, c.sample.is_some())).collect(), plan.copies)

@@ -3,7 +3,7 @@
 //! A sequence is either a sampler (it generates) or the parent of a request with several samples: it
 //! computes the prompt but its last token once, never samples, and forks into its children when done.
 use super::{FinishReason, Generation, SeqId};
-use crate::model::SampleSpec;
+use crate::model::{SampleSpec, Sampled};
 use crate::sample::SamplingParams;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +28,7 @@ pub struct Sampler {
     max_new: usize,
     stop_ids: Arc<[u32]>,
     logprobs: Vec<f32>,
+    top_logprobs: Vec<Vec<(u32, f32)>>,
     added: Instant,
     first_token: Option<Instant>,
 }
@@ -46,7 +47,15 @@ pub struct Seq {
 
 impl Seq {
     pub fn sampler(prompt: &[u32], state: State, params: SamplingParams, max_new: usize, stop_ids: Arc<[u32]>) -> Seq {
-        let s = Sampler { params, max_new, stop_ids, logprobs: Vec::new(), added: Instant::now(), first_token: None };
+        let s = Sampler {
+            params,
+            max_new,
+            stop_ids,
+            logprobs: Vec::new(),
+            top_logprobs: Vec::new(),
+            added: Instant::now(),
+            first_token: None,
+        };
         Seq::new(prompt, state, Role::Sampler(s))
     }
 
@@ -92,11 +101,15 @@ impl Seq {
     }
 
     /// Appends a sampled token; returns why the sequence ends, if it does.
-    pub fn push(&mut self, id: u32, logprob: f32, now: Instant) -> Option<FinishReason> {
+    pub fn push(&mut self, sampled: &Sampled, now: Instant) -> Option<FinishReason> {
         let Role::Sampler(s) = &mut self.role else { return None };
+        let id = sampled.id;
         self.tokens.push(id);
         self.decoding = true;
-        s.logprobs.push(logprob);
+        s.logprobs.push(sampled.logprob);
+        if s.params.top_logprobs > 0 {
+            s.top_logprobs.push(sampled.top.clone());
+        }
         s.first_token.get_or_insert(now);
         if s.stop_ids.contains(&id) {
             Some(FinishReason::Stop)
@@ -109,14 +122,14 @@ impl Seq {
 
     /// What the sequence generated, ending now for `finish`.
     pub fn into_generation(self, finish: FinishReason, now: Instant) -> Generation {
-        let (logprobs, prefill_s, decode_s) = match self.role {
+        let (logprobs, top_logprobs, prefill_s, decode_s) = match self.role {
             Role::Sampler(s) => {
                 let first = s.first_token.unwrap_or(now);
-                (s.logprobs, (first - s.added).as_secs_f64(), (now - first).as_secs_f64())
+                (s.logprobs, s.top_logprobs, (first - s.added).as_secs_f64(), (now - first).as_secs_f64())
             }
-            Role::Parent { .. } => (Vec::new(), 0.0, 0.0),
+            Role::Parent { .. } => (Vec::new(), Vec::new(), 0.0, 0.0),
         };
         let tokens = self.tokens[self.prompt_len..].to_vec();
-        Generation { tokens, logprobs, finish, prefill_s, decode_s }
+        Generation { tokens, logprobs, top_logprobs, finish, prefill_s, decode_s }
     }
 }

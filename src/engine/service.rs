@@ -3,17 +3,22 @@
 //! updates; a caller that drops its receiver (a client that went away, a stop string reached) has its
 //! sequence aborted at the next token, so no generation runs on for nobody.
 //!
+//! Scoring a text ([`EngineService::score`]: the log-prob of each token given those before, with
+//! alternatives, for `echo`) runs on the same thread between two steps, through the model's forward-only
+//! [`Model::sequence_top_logprobs`](crate::model::Model::sequence_top_logprobs); the batch waits for it.
+//!
 //! The update channels are tokio's unbounded ones: the engine thread sends without blocking or awaiting,
 //! and an async handler awaits them, so dropping the handler's future (hyper does when its client
 //! disconnects) drops the receiver and cancels the generation.
 use super::{Engine, EngineConfig, Event, Generation, Request, SeqId};
-use crate::model::Model;
+use crate::model::{Model, Packed};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 /// What a submitted sequence hears.
 #[derive(Debug)]
@@ -21,6 +26,8 @@ pub enum Update {
     Token {
         id: u32,
         logprob: f32,
+        /// The alternatives the sample asked for (empty: none).
+        top: Vec<(u32, f32)>,
     },
     Done(Generation),
     /// The request was refused, or the step it was in failed.
@@ -40,10 +47,26 @@ pub struct ServiceLoad {
     pub prefill_tokens: u64,
 }
 
-struct Submission {
-    req: Request,
-    /// One per sample of the request.
-    replies: Vec<UnboundedSender<Update>>,
+enum Submission {
+    Generate {
+        req: Request,
+        /// One per sample of the request.
+        replies: Vec<UnboundedSender<Update>>,
+    },
+    Score {
+        tokens: Vec<u32>,
+        temperature: f32,
+        top: usize,
+        reply: oneshot::Sender<Result<Scores, String>>,
+    },
+}
+
+/// A scored text of n tokens: for i in 0..n-1, the log-prob of token i + 1 given tokens 0..=i and the
+/// alternatives asked for at that position (empty lists when none were).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scores {
+    pub logprobs: Vec<f32>,
+    pub top: Vec<Vec<(u32, f32)>>,
 }
 
 /// A cheap, cloneable handle to an engine thread; the thread ends when every handle is dropped.
@@ -77,8 +100,23 @@ impl EngineService {
     /// Adds `req` to the batch; one receiver per sample, in order.
     pub fn submit(&self, req: Request) -> Result<Vec<UnboundedReceiver<Update>>> {
         let (replies, receivers): (Vec<_>, Vec<_>) = req.samples.iter().map(|_| unbounded_channel()).unzip();
-        self.tx.send(Submission { req, replies }).map_err(|_| anyhow!("the engine thread has stopped"))?;
+        self.tx.send(Submission::Generate { req, replies }).map_err(|_| anyhow!("the engine thread has stopped"))?;
         Ok(receivers)
+    }
+
+    /// Scores `tokens` under softmax(logits / temperature) with `top` alternatives per position (see
+    /// [`Scores`]); the answer comes on the receiver (an error as its message). Skipped if the receiver is
+    /// dropped before the engine thread gets to it.
+    pub fn score(
+        &self,
+        tokens: Vec<u32>,
+        temperature: f32,
+        top: usize,
+    ) -> Result<oneshot::Receiver<Result<Scores, String>>> {
+        let (reply, rx) = oneshot::channel();
+        let s = Submission::Score { tokens, temperature, top, reply };
+        self.tx.send(s).map_err(|_| anyhow!("the engine thread has stopped"))?;
+        Ok(rx)
     }
 
     /// The engine's state after its last step.
@@ -110,18 +148,28 @@ fn run(mut engine: Engine, rx: Receiver<Submission>, load: &Mutex<ServiceLoad>) 
             None
         };
         for s in first.into_iter().chain(rx.try_iter()) {
-            match engine.add(s.req) {
-                Ok(ids) => senders.extend(ids.into_iter().zip(s.replies)),
-                Err(e) => s.replies.iter().for_each(|r| drop(r.send(Update::Failed(format!("{e:#}"))))),
+            match s {
+                Submission::Generate { req, replies } => match engine.add(req) {
+                    Ok(ids) => senders.extend(ids.into_iter().zip(replies)),
+                    Err(e) => replies.iter().for_each(|r| drop(r.send(Update::Failed(format!("{e:#}"))))),
+                },
+                Submission::Score { reply, .. } if reply.is_closed() => {}
+                Submission::Score { tokens, temperature, top, reply } => {
+                    let scored = score(engine.model(), &tokens, temperature, top).map_err(|e| format!("{e:#}"));
+                    drop(reply.send(scored));
+                }
             }
+        }
+        if engine.is_idle() {
+            continue;
         }
         match engine.step() {
             Ok(events) => {
                 for ev in events {
                     let (seq, update) = match ev {
-                        Event::Token { seq, id, logprob } => {
+                        Event::Token { seq, id, logprob, top } => {
                             generated += 1;
-                            (seq, Update::Token { id, logprob })
+                            (seq, Update::Token { id, logprob, top })
                         }
                         Event::Finished { seq, generation } => (seq, Update::Done(generation)),
                     };
@@ -145,4 +193,23 @@ fn run(mut engine: Engine, rx: Receiver<Submission>, load: &Mutex<ServiceLoad>) 
             }
         }
     }
+}
+
+/// `tokens` scored by `model` (see [`Scores`]): one forward pass over the whole text.
+fn score(model: &dyn Model, tokens: &[u32], temperature: f32, top: usize) -> Result<Scores> {
+    crate::model::check_tokens(model.config(), tokens)?;
+    crate::model::check_end(model.config(), tokens.len())?;
+    if tokens.len() < 2 {
+        return Ok(Scores::default());
+    }
+    let positions: Vec<usize> = (0..tokens.len() - 1).collect();
+    let packed = Packed { tokens, seq_lens: &[tokens.len()], positions: &positions };
+    let (logprobs, top) = model.sequence_top_logprobs(packed, temperature, top)?;
+    anyhow::ensure!(
+        logprobs.len() == positions.len() && top.len() == positions.len(),
+        "the model scored {} positions of {}",
+        logprobs.len(),
+        positions.len()
+    );
+    Ok(Scores { logprobs, top })
 }

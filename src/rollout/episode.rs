@@ -136,6 +136,7 @@ fn run_agent(
                 top_k: 0,
                 top_p: s.top_p as f32,
                 seed: derive_seed(&[seed, ep.task_index as u64, ep.sample as u64, i as u64, turn as u64]),
+                top_logprobs: 0,
             };
             reqs.push(GenRequest { prompt: ctx.ids().to_vec(), max_new_tokens: s.max_new_tokens, params });
             acting.push(e);

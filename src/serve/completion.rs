@@ -1,9 +1,14 @@
-//! One sequence's completion as the engine generates it: its text decoded, cut before the first stop
-//! string, and handed out piece by piece as soon as each piece is settled. The tail that may still change is
-//! held back: an incomplete UTF-8 character (shown as U+FFFD until its last byte comes) or the start of a
-//! stop string. Dropping a [`Completion`] (its handler was dropped: the client went away) or reaching a stop
-//! string closes its channel, and the engine aborts the sequence at its next token.
-use super::chat::Job;
+//! One choice as the engine generates it, for either endpoint: its text decoded, cut before the first stop
+//! string, and handed out piece by piece as soon as each piece is settled, each piece with the tokens (and
+//! their log-probs, when asked for) that lie within it. The tail that may still change is held back: an
+//! incomplete UTF-8 character (shown as U+FFFD until its last byte comes) or the start of a stop string.
+//! Dropping a [`Completion`] (its handler was dropped: the client went away) or reaching a stop string
+//! closes its channel, and the engine aborts the sequence at its next token.
+//!
+//! An echoed prompt ([`Echo`], completions only) is the choice's first piece, with its own tokens; the
+//! generated tokens' offsets then count from the start of the echoed text.
+use super::logprobs::{Aligner, Token};
+use super::request::Job;
 use super::Served;
 use crate::engine::{FinishReason, Update};
 use crate::sample::SamplingParams;
@@ -11,65 +16,115 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Result};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// A finished completion.
+/// A prompt as it is echoed before its choices' text: its text and, when log-probs are asked for, its
+/// tokens placed in it.
+#[derive(Clone, Default)]
+pub struct Echo {
+    pub text: String,
+    pub tokens: Vec<Token>,
+}
+
+/// What a choice produced next.
+pub struct Piece {
+    pub text: String,
+    /// The tokens that lie within the text handed out so far and were not handed out before (none unless
+    /// log-probs are asked for).
+    pub tokens: Vec<Token>,
+}
+
+/// A finished choice.
 pub struct Outcome {
+    /// The choice's prompt (an index into the job's prompts).
+    pub prompt: usize,
+    /// The echoed prompt, then the generated text.
     pub text: String,
     pub finish: &'static str,
     /// Tokens generated up to the end of the text, the stop token included.
     pub completion_tokens: usize,
-    /// The content's tokens with their log-probabilities, when asked for.
-    pub logprobs: Option<Vec<(u32, f32)>>,
+    /// The text's tokens with their log-probabilities, when asked for.
+    pub logprobs: Option<Vec<Token>>,
 }
 
 pub struct Completion {
+    prompt: usize,
     updates: UnboundedReceiver<Update>,
     text: Text,
-    logprobs: Vec<f32>,
+    /// Per content token: its log-prob and alternatives.
+    scores: Vec<(f32, Vec<(u32, f32)>)>,
+    aligner: Aligner,
+    echo: Option<Echo>,
+    /// Characters of the echoed text, which the generated tokens' offsets count from.
+    echoed_chars: usize,
+    /// Everything handed out so far: the outcome's text and tokens.
+    all_text: String,
+    all_tokens: Vec<Token>,
     finish: FinishReason,
     /// Generation is over (the rest of the text may still be to hand out).
     over: bool,
+    /// The last piece is out.
+    done: bool,
     want_logprobs: bool,
 }
 
 impl Completion {
-    /// Submits `job` to the engine: its `n` samples share the prompt's prefill, and sample i draws with
-    /// the job's seed + i.
-    pub fn start(served: &Served, job: &Job) -> Result<Vec<Completion>> {
-        let samples =
-            (0..job.n as u64).map(|i| SamplingParams { seed: job.params.seed.wrapping_add(i), ..job.params }).collect();
-        let req = crate::engine::Request {
-            prompt: job.prompt.clone(),
-            max_new_tokens: job.budget,
-            stop_ids: served.tok.stop_ids().to_vec(),
-            samples,
-        };
-        let updates = served.engine.submit(req)?;
-        ensure!(updates.len() == job.n, "the engine returned {} sequences for {} samples", updates.len(), job.n);
-        Ok(updates
-            .into_iter()
-            .map(|updates| Completion {
+    /// Submits `job` to the engine: each prompt's `n` samples share its prefill, and sample j draws with the
+    /// job's seed + j. `echoes` (one per prompt, or none) are the prompts to echo. The choices come out
+    /// prompt-major, as the job numbers them.
+    pub fn start(served: &Served, job: &Job, echoes: Vec<Echo>) -> Result<Vec<Completion>> {
+        ensure!(echoes.is_empty() || echoes.len() == job.prompts.len(), "an echo per prompt or none");
+        let mut echoes = echoes.into_iter();
+        let mut out = Vec::with_capacity(job.choices());
+        for (p, prompt) in job.prompts.iter().enumerate() {
+            let echo = echoes.next();
+            let samples = (0..job.n as u64)
+                .map(|j| SamplingParams { seed: job.params.seed.wrapping_add(j), ..job.params })
+                .collect();
+            let req = crate::engine::Request {
+                prompt: prompt.ids.clone(),
+                max_new_tokens: prompt.budget,
+                stop_ids: served.tok.stop_ids().to_vec(),
+                samples,
+            };
+            let updates = served.engine.submit(req)?;
+            ensure!(updates.len() == job.n, "the engine returned {} sequences for {} samples", updates.len(), job.n);
+            out.extend(updates.into_iter().map(|updates| Completion {
+                prompt: p,
                 updates,
                 text: Text::new(job.stops.clone()),
-                logprobs: Vec::new(),
+                scores: Vec::new(),
+                aligner: Aligner::default(),
+                echoed_chars: echo.as_ref().map_or(0, |e| e.text.chars().count()),
+                echo: echo.clone(),
+                all_text: String::new(),
+                all_tokens: Vec::new(),
                 finish: FinishReason::Length,
                 over: false,
+                done: false,
                 want_logprobs: job.logprobs,
-            })
-            .collect())
+            }));
+        }
+        Ok(out)
     }
 
-    /// The next settled piece of text, or None once the whole text is out.
-    pub async fn next(&mut self, tok: &Tokenizer) -> Result<Option<String>> {
+    /// The next piece, or None once the whole text is out.
+    pub async fn next(&mut self, tok: &Tokenizer) -> Result<Option<Piece>> {
+        if let Some(echo) = self.echo.take() {
+            return Ok(Some(self.hand_out(echo.text, echo.tokens)));
+        }
         while !self.over {
             match self.updates.recv().await {
-                Some(Update::Token { id, logprob }) => {
-                    self.logprobs.push(logprob);
+                Some(Update::Token { id, logprob, top }) => {
+                    let content = self.text.ids.len();
                     let piece = self.text.push(tok, id)?;
+                    if self.text.ids.len() > content {
+                        self.scores.push((logprob, top));
+                    }
                     if self.text.stopped {
                         self.end();
                     }
                     if !piece.is_empty() {
-                        return Ok(Some(piece));
+                        let tokens = self.place(tok, false);
+                        return Ok(Some(self.hand_out(piece, tokens)));
                     }
                 }
                 Some(Update::Done(g)) => {
@@ -80,8 +135,42 @@ impl Completion {
                 None => bail!("the engine stopped"),
             }
         }
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
         let rest = self.text.take(self.text.text.len());
-        Ok((!rest.is_empty()).then_some(rest))
+        let tokens = self.place(tok, true);
+        Ok((!rest.is_empty() || !tokens.is_empty()).then(|| self.hand_out(rest, tokens)))
+    }
+
+    /// The content tokens not handed out yet that lie within the settled text (with `last`, all of them).
+    fn place(&mut self, tok: &Tokenizer, last: bool) -> Vec<Token> {
+        if !self.want_logprobs {
+            return Vec::new();
+        }
+        let placed = self.aligner.place(tok, &self.text.ids, &self.text.text, self.text.sent, last);
+        placed
+            .into_iter()
+            .map(|p| {
+                let (logprob, top) = self.scores[p.index].clone();
+                let id = self.text.ids[p.index];
+                Token {
+                    id,
+                    logprob: Some(logprob),
+                    top,
+                    bytes: p.bytes,
+                    text: p.text,
+                    offset: self.echoed_chars + p.offset,
+                }
+            })
+            .collect()
+    }
+
+    fn hand_out(&mut self, text: String, tokens: Vec<Token>) -> Piece {
+        self.all_text.push_str(&text);
+        self.all_tokens.extend(tokens.iter().cloned());
+        Piece { text, tokens }
     }
 
     /// Ends generation: the engine aborts the sequence at its next token if it is still running.
@@ -99,12 +188,12 @@ impl Completion {
     /// What was generated, once [`Completion::next`] returned None.
     pub fn outcome(self) -> Outcome {
         let stopped = self.text.stopped || self.finish == FinishReason::Stop;
-        let logprobs = self.want_logprobs.then(|| self.text.ids.iter().copied().zip(self.logprobs).collect());
         Outcome {
+            prompt: self.prompt,
             finish: if stopped { "stop" } else { "length" },
             completion_tokens: self.text.generated,
-            logprobs,
-            text: self.text.text,
+            logprobs: self.want_logprobs.then_some(self.all_tokens),
+            text: self.all_text,
         }
     }
 }

@@ -7,9 +7,8 @@
 //!   write of the response (a client that stops reading a stream).
 //! - hyper watches the connection while a handler runs and drops the handler when its client goes away;
 //!   dropping it drops the completion's channel, and the engine aborts the sequence at its next token.
-use super::chat::{self, Job};
 use super::error::ApiError;
-use super::{stream, Served};
+use super::{chat, completions, stream, Served};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -98,13 +97,14 @@ async fn route(served: &Arc<Served>, rq: Request<Incoming>, timeout: Duration) -
     match path.as_str() {
         "/v1/models" if get => Ok(json_response(200, &json!({"object": "list", "data": [served.model_object()]}))),
         "/v1/chat/completions" if post => {
-            let job = Job::parse(served, &read_body(rq.into_body(), timeout).await?)?;
+            let job = chat::parse(served, &read_body(rq.into_body(), timeout).await?)?;
             if job.stream {
-                return stream::response(served.clone(), job);
+                return stream::response(served.clone(), job, Vec::new());
             }
             let _running = served.metrics.completion();
             chat::completion(served, &job).await.map(|v| json_response(200, &v))
         }
+        "/v1/completions" if post => completions::respond(served, &read_body(rq.into_body(), timeout).await?).await,
         "/health" if get => Ok(health(served)),
         "/metrics" if get => {
             let text = served.metrics.render(&served.engine.load(), !served.engine_thread.is_finished());
@@ -113,7 +113,7 @@ async fn route(served: &Arc<Served>, rq: Request<Incoming>, timeout: Duration) -
             Ok(reply)
         }
         "/v1/models" | "/health" | "/metrics" => not_allowed("GET"),
-        "/v1/chat/completions" => not_allowed("POST"),
+        "/v1/chat/completions" | "/v1/completions" => not_allowed("POST"),
         _ => match path.strip_prefix("/v1/models/") {
             Some(id) if get => served.check_model(id).map(|()| json_response(200, &served.model_object())),
             Some(_) => not_allowed("GET"),

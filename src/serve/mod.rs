@@ -4,32 +4,51 @@
 //!
 //! Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (text messages;
 //! `temperature` (0-2), `top_p`, `top_k`, `seed`, `max_tokens`/`max_completion_tokens`, `stop` (up to 4),
-//! `n` (up to 128, sharing the prompt's prefill), `logprobs` (with each token's exact bytes), `stream`,
-//! `stream_options.include_usage`; penalties, `logit_bias`, `tools`, `response_format` and `top_logprobs` are
-//! refused with a 400 unless neutral), `GET /health` and `GET /metrics` (Prometheus text). Errors are
-//! OpenAI's JSON (`{"error": {"message", "type", "code", "param"}}`).
+//! `n` (up to 128, sharing the prompt's prefill), `logprobs` (with each token's exact bytes) and
+//! `top_logprobs` (0-20 alternatives per token), `stream`, `stream_options.include_usage`; penalties,
+//! `logit_bias`, `tools` and `response_format` are refused with a 400 unless neutral), `POST /v1/completions`
+//! (the legacy text endpoint evaluation harnesses use: a string, strings, token ids or lists of them as the
+//! prompt, `echo` with the prompt's log-probs, `logprobs: k` alternatives in OpenAI's legacy shape,
+//! `max_tokens` (default 16, and 0 to only score), the same sampling fields, `n`, `stop` and streaming),
+//! `GET /health` and `GET /metrics` (Prometheus text). Errors are OpenAI's JSON (`{"error": {"message",
+//! "type", "code", "param"}}`), naming the field at fault.
+//!
+//! Log-probs are those of the distribution each token is drawn from, softmax(logits / T) with T = 1 when
+//! greedy (`crate::sample`): the model's raw log-softmax at OpenAI's default T = 1 and when greedy, the
+//! tempered one otherwise; a token's alternatives come from that same distribution, so its log-prob is
+//! exactly its own entry's among them. An echoed prompt is scored at the same T. They are streamed with the
+//! text they belong to, each token's bytes exactly its part of the returned text.
 //!
 //! - `http`: hyper on a small tokio runtime, with a bounded number of connections and a timeout on every
 //!   stage a client controls (headers, idle keep-alive, the body, each write), so slow or stalled clients
 //!   cannot take the server. A handler whose client goes away is dropped, and with it the generation.
 //! - Every request is submitted to one engine thread ([`EngineService`]), so concurrent requests decode
-//!   together in one continuous batch; decoding is the engine's, the same as in rollouts.
-//! - `chat`: the request's fields, validated; `completion`: one sequence's text as it is generated, cut at
-//!   stop strings; `stream`: Server-Sent Events; `error`: OpenAI's error objects; `metrics`: the counters.
-//! - The token budget is `max_tokens` (else `--max-tokens`), capped by the room the prompt leaves in the
-//!   model's context; a prompt that leaves no room is a 400.
+//!   together in one continuous batch; decoding is the engine's, the same as in rollouts. Scoring an echoed
+//!   prompt runs there too, one forward pass between two steps.
+//! - `request`: the fields both endpoints share, validated into one job; `chat` and `completions`: each
+//!   endpoint's own fields and response; `completion`: one choice's text as it is generated, cut at stop
+//!   strings, with its tokens' log-probs; `logprobs`: tokens placed in their text, in both of OpenAI's
+//!   shapes; `stream`: Server-Sent Events for both; `error`: OpenAI's error objects; `metrics`: the counters.
+//! - The token budget is `max_tokens` (else `--max-tokens` for chat, 16 for completions), capped by the room
+//!   the prompt leaves in the model's context; a prompt that leaves no room is a 400.
+//! - On the CUDA backend, `top_logprobs` are computed on the host from the row's logits; prompt log-probs
+//!   (`echo` with `logprobs`) are not supported there yet and are refused with a 400 naming `echo`.
 mod chat;
 mod completion;
+mod completions;
 mod error;
 mod http;
+mod logprobs;
 mod metrics;
+mod request;
 mod stream;
 
 use crate::engine::{EngineConfig, EngineService};
-use crate::model::BackendChoice;
+use crate::model::{Backend, BackendChoice};
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
 use error::ApiError;
+use request::Api;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -49,7 +68,8 @@ pub struct ServeArgs {
     /// [default: the model's directory name or file stem].
     #[arg(long, alias = "served-model-name")]
     pub name: Option<String>,
-    /// Completion token budget of requests that set none.
+    /// Completion token budget of chat requests that set none (`/v1/completions` defaults to 16, as
+    /// OpenAI's).
     #[arg(long, default_value_t = 512)]
     pub max_tokens: usize,
     /// Connections open at once; further ones wait in the listen queue until one closes.
@@ -103,6 +123,10 @@ struct Served {
     engine_thread: JoinHandle<()>,
     tok: Tokenizer,
     name: String,
+    /// The backend the model runs on (some features are not on every backend yet).
+    backend: Backend,
+    /// The model's vocabulary size: token ids in prompts must be below it.
+    vocab: usize,
     /// The model's context length (`max_position_embeddings`): prompt and completion together.
     context: usize,
     default_max_tokens: usize,
@@ -125,6 +149,8 @@ impl Served {
             engine_thread,
             tok,
             name: a.name.clone().unwrap_or_else(|| default_name(&a.model)),
+            backend,
+            vocab: loaded.config.vocab_size,
             context: loaded.config.max_position_embeddings,
             default_max_tokens: a.max_tokens,
             created: unix_now(),
@@ -146,8 +172,8 @@ impl Served {
     }
 
     /// Completion tokens allowed: the request's maximum (else the server's), capped by the room the prompt
-    /// leaves in the context.
-    fn budget(&self, prompt_len: usize, requested: Option<u64>) -> Result<usize, ApiError> {
+    /// leaves in the context. Chat needs at least one; a text completion may ask for none (`echo` to score).
+    fn budget(&self, prompt_len: usize, requested: Option<u64>, api: Api) -> Result<usize, ApiError> {
         let context = self.context;
         if prompt_len >= context {
             let message = format!(
@@ -155,14 +181,16 @@ impl Served {
                  at most {}",
                 context.saturating_sub(1)
             );
-            return Err(ApiError::invalid("context_length_exceeded", message));
+            let param = if api == Api::Chat { "messages" } else { "prompt" };
+            return Err(ApiError::invalid("context_length_exceeded", message).param(param));
         }
+        let least = u64::from(api == Api::Chat);
         let max = match requested {
             None => self.default_max_tokens,
-            Some(n) if n == 0 || n > context as u64 => {
+            Some(n) if n < least || n > context as u64 => {
                 let message =
-                    format!("max_tokens must be between 1 and the model's context length ({context}), got {n}");
-                return Err(ApiError::invalid("invalid_value", message));
+                    format!("max_tokens must be between {least} and the model's context length ({context}), got {n}");
+                return Err(ApiError::invalid("invalid_value", message).param("max_tokens"));
             }
             Some(n) => n as usize,
         };
@@ -177,8 +205,9 @@ fn default_name(path: &Path) -> String {
     name.map_or_else(|| "mappa".into(), |n| n.to_string_lossy().into_owned())
 }
 
-fn completion_id() -> String {
-    format!("chatcmpl-{:016x}", rand::random::<u64>())
+fn completion_id(api: Api) -> String {
+    let prefix = if api == Api::Chat { "chatcmpl" } else { "cmpl" };
+    format!("{prefix}-{:016x}", rand::random::<u64>())
 }
 
 fn unix_now() -> u64 {

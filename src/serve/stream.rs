@@ -1,14 +1,16 @@
-//! `stream: true`: the completion as Server-Sent Events, one HTTP chunk per event as it is produced: a chunk
-//! with the role per choice, one per piece of text of any choice as it is settled, one per choice with its
-//! finish reason (and its log-probs, which exist only once its generation is over), the usage when asked for,
-//! then `[DONE]`. A failure after the headers went out becomes an error event. The body is pulled by hyper
-//! as the client reads: if the client goes away or stops reading (the write timeout), the body is dropped,
-//! and with it every choice's generation.
-use super::chat::{logprobs_json, usage, Job};
-use super::completion::{Completion, Outcome};
+//! `stream: true`, for both endpoints: the choices as Server-Sent Events, one HTTP chunk per event as it is
+//! produced: (chat) a chunk with the role per choice; one per piece of text of any choice as it is settled,
+//! with the log-probs of the tokens that piece completes when asked for (an echoed prompt is a choice's
+//! first piece); one per choice with its finish reason; the usage when asked for; then `[DONE]`. The
+//! pieces' log-probs together are exactly the non-streamed answer's. A failure after the headers went out
+//! becomes an error event. The body is pulled by hyper as the client reads: if the client goes away or
+//! stops reading (the write timeout), the body is dropped, and with it every choice's generation.
+use super::completion::{Completion, Echo, Outcome, Piece};
 use super::error::ApiError;
 use super::http::{Body, Reply};
+use super::logprobs::{chat_content, legacy};
 use super::metrics::Held;
+use super::request::{Api, Job};
 use super::{completion_id, unix_now, Served};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, SelectAll};
@@ -20,22 +22,28 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-/// The streamed response of `job`; the engine has the request before the headers go out, so a refusal
-/// there is still a plain error response.
-pub fn response(served: Arc<Served>, job: Job) -> Result<Reply, ApiError> {
-    let completions = Completion::start(&served, &job).map_err(|e| ApiError::generation(&e))?;
-    let head = json!({"id": completion_id(), "object": "chat.completion.chunk", "created": unix_now(),
-                      "model": served.name});
+/// The streamed response of `job` (with `echoes`, one per prompt or none); the engine has the request
+/// before the headers go out, so a refusal there is still a plain error response.
+pub fn response(served: Arc<Served>, job: Job, echoes: Vec<Echo>) -> Result<Reply, ApiError> {
+    let completions = Completion::start(&served, &job, echoes).map_err(|e| ApiError::generation(&e))?;
+    let object = match job.api {
+        Api::Chat => "chat.completion.chunk",
+        Api::Text => "text_completion",
+    };
+    let head = json!({"id": completion_id(job.api), "object": object, "created": unix_now(), "model": served.name});
     let mut choices = SelectAll::new();
     for (index, c) in completions.into_iter().enumerate() {
         choices.push(choice_updates(served.clone(), index, c));
     }
     let running = served.metrics.completion();
-    let left = job.n;
+    let left = job.choices();
     let mut events =
         Events { served, job, head, choices, left, outs: Vec::new(), queue: VecDeque::new(), _running: running };
-    for index in 0..left {
-        events.push_chunk(index, json!({"role": "assistant", "content": ""}), Value::Null, Value::Null);
+    if events.job.api == Api::Chat {
+        for index in 0..left {
+            events.push_choice(json!({"index": index, "delta": {"role": "assistant", "content": ""},
+                                      "logprobs": null, "finish_reason": null}));
+        }
     }
     let frames = futures_util::stream::unfold(events, |mut ev| async move {
         let data = ev.next().await?;
@@ -51,7 +59,7 @@ pub fn response(served: Arc<Served>, job: Job) -> Result<Reply, ApiError> {
 
 /// What one choice's generation produced next.
 enum Update {
-    Piece(usize, String),
+    Piece(usize, Piece),
     Done(usize, Outcome),
     Failed(anyhow::Error),
 }
@@ -98,9 +106,7 @@ impl Events {
                 return None;
             }
             match self.choices.next().await {
-                Some(Update::Piece(index, piece)) => {
-                    self.push_chunk(index, json!({ "content": piece }), Value::Null, Value::Null)
-                }
+                Some(Update::Piece(index, piece)) => self.push_piece(index, piece),
                 Some(Update::Done(index, out)) => self.finish_choice(index, out),
                 Some(Update::Failed(e)) => self.fail(&e),
                 None => self.fail(&anyhow::anyhow!("a choice ended without an outcome")),
@@ -108,10 +114,28 @@ impl Events {
         }
     }
 
+    fn push_piece(&mut self, index: usize, piece: Piece) {
+        let tok = &self.served.tok;
+        let logprobs = match (self.job.logprobs, self.job.api) {
+            (false, _) => Value::Null,
+            (true, Api::Chat) => json!({"content": chat_content(tok, &piece.tokens)}),
+            (true, Api::Text) => legacy(tok, &piece.tokens),
+        };
+        let choice = match self.job.api {
+            Api::Chat => json!({"index": index, "delta": {"content": piece.text}, "logprobs": logprobs,
+                                "finish_reason": null}),
+            Api::Text => json!({"index": index, "text": piece.text, "logprobs": logprobs, "finish_reason": null}),
+        };
+        self.push_choice(choice);
+    }
+
     fn finish_choice(&mut self, index: usize, out: Outcome) {
-        self.served.metrics.completed(self.job.prompt.len(), out.completion_tokens);
-        let logprobs = logprobs_json(&self.served, &out);
-        self.push_chunk(index, json!({}), logprobs, out.finish.into());
+        self.served.metrics.completed(self.job.prompts[out.prompt].ids.len(), out.completion_tokens);
+        let choice = match self.job.api {
+            Api::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": out.finish}),
+            Api::Text => json!({"index": index, "text": "", "logprobs": null, "finish_reason": out.finish}),
+        };
+        self.push_choice(choice);
         self.outs.push(out);
         self.left -= 1;
         if self.left > 0 {
@@ -120,7 +144,7 @@ impl Events {
         if self.job.include_usage {
             let mut last = self.head.clone();
             last["choices"] = json!([]);
-            last["usage"] = usage(&self.job, &self.outs);
+            last["usage"] = self.job.usage(&self.outs);
             self.push(&last);
         }
         self.queue.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -134,9 +158,9 @@ impl Events {
         self.choices.clear();
     }
 
-    fn push_chunk(&mut self, index: usize, delta: Value, logprobs: Value, finish: Value) {
+    fn push_choice(&mut self, choice: Value) {
         let mut c = self.head.clone();
-        c["choices"] = json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]);
+        c["choices"] = json!([choice]);
         self.push(&c);
     }
 
