@@ -1,6 +1,7 @@
 //! Batch invariance of the engine on SmolLM2-135M (f32 CPU backend): one request with a fixed seed gives
-//! bitwise the same tokens and log-probs alone, inside a batch of 32 mixed-length prompts, next to requests
-//! that share its prompt's blocks, and after the engine preempted and recomputed it.
+//! bitwise the same tokens, log-probs and top-5 alternatives alone, inside a batch of 32 mixed-length prompts
+//! (which ask for no alternatives), next to requests that share its prompt's blocks, and after the engine
+//! preempted and recomputed it.
 mod common;
 use mappa::engine::{generate_batch, Engine, EngineConfig, Event, Generation, Request};
 use mappa::model::Model;
@@ -12,7 +13,7 @@ use std::sync::OnceLock;
 const NEW: usize = 20;
 
 fn sampled(seed: u64) -> SamplingParams {
-    SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.95, seed }
+    SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.95, seed, top_logprobs: 0 }
 }
 
 /// A chat prompt whose length grows with `i` (about 20 to 200 tokens).
@@ -28,9 +29,13 @@ fn request(prompt: Vec<u32>, samples: Vec<SamplingParams>) -> Request {
     Request { prompt, max_new_tokens: NEW, stop_ids: tok.stop_ids().to_vec(), samples }
 }
 
-/// The request under test: prompt 5, seed 77.
+/// The request under test: prompt 5, seed 77, with its 5 most likely alternatives at each token.
 fn target() -> Request {
-    request(prompt(5), vec![sampled(77)])
+    request(prompt(5), vec![target_params()])
+}
+
+fn target_params() -> SamplingParams {
+    SamplingParams { top_logprobs: 5, ..sampled(77) }
 }
 
 fn alone() -> &'static Generation {
@@ -39,6 +44,15 @@ fn alone() -> &'static Generation {
         let (model, _) = common::smollm2();
         let g = generate_batch(model, vec![target()], &EngineConfig::default()).unwrap().remove(0).remove(0);
         assert!(g.tokens.len() > 3, "the target generates something");
+        assert_eq!(g.top_logprobs.len(), g.tokens.len(), "alternatives with every token");
+        for ((&id, &lp), top) in g.tokens.iter().zip(&g.logprobs).zip(&g.top_logprobs) {
+            assert_eq!(top.len(), 5);
+            assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "sorted: {top:?}");
+            match top.iter().find(|t| t.0 == id) {
+                Some(&(_, own)) => assert_eq!(own.to_bits(), lp.to_bits(), "the sampled token's own entry"),
+                None => assert!(lp <= top[4].1, "a token outside the top 5 is less likely"),
+            }
+        }
         g
     })
 }
@@ -48,6 +62,10 @@ fn assert_same(what: &str, got: &Generation) {
     assert_eq!(got.tokens, want.tokens, "{what}: tokens differ from the request run alone");
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&got.logprobs), bits(&want.logprobs), "{what}: log-probs differ from the request run alone");
+    let top_bits = |g: &Generation| -> Vec<Vec<(u32, u32)>> {
+        g.top_logprobs.iter().map(|t| t.iter().map(|&(id, lp)| (id, lp.to_bits())).collect()).collect()
+    };
+    assert_eq!(top_bits(got), top_bits(want), "{what}: alternatives differ from the request run alone");
     assert_eq!(got.finish, want.finish, "{what}");
 }
 
@@ -70,7 +88,8 @@ fn prefix_sharing_does_not_change_a_request() {
     // block), and a longer prompt that starts with the target's.
     let mut longer = prompt(5);
     longer.extend(prompt(1));
-    let reqs = vec![request(prompt(5), vec![sampled(1), sampled(77), sampled(2)]), request(longer, vec![sampled(3)])];
+    let reqs =
+        vec![request(prompt(5), vec![sampled(1), target_params(), sampled(2)]), request(longer, vec![sampled(3)])];
     let out = generate_batch(model, reqs, &EngineConfig::default()).unwrap();
     assert_same("as the second sample of a shared prompt", &out[0][1]);
     assert_ne!(out[0][0].tokens, out[0][1].tokens, "samples with other seeds differ");

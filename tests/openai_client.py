@@ -2,8 +2,10 @@
 server and passes its base URL and model id). Each check raises on a mismatch; the script exits non-zero then.
 
 Checks what agent frameworks and harnesses call first: the model list, chat completions plain and streamed,
-`n` choices, seeds, log-probs whose bytes rebuild the text, stop strings, usage, and errors that the client
-turns into its typed exceptions with the offending `param`.
+`n` choices, seeds, log-probs whose bytes rebuild the text with their top alternatives, stop strings, usage,
+and errors that the client turns into its typed exceptions with the offending `param`; and the legacy text
+completions an evaluation harness uses: plain, `echo` with prompt log-probs at `max_tokens=0` (scoring),
+`logprobs=5` alternatives, `n` with a seed, streamed.
 """
 import argparse
 import sys
@@ -70,9 +72,72 @@ if stop.strip():
     check(cut.choices[0].message.content == greedy[: greedy.find(stop)], f"stop {stop!r}: {cut.choices[0]}")
     check(cut.choices[0].finish_reason == "stop", "finish_reason of a stop string")
 
+# top_logprobs: alternatives sorted, the greedy token first, its log-prob its own entry's.
+r = client.chat.completions.create(model=args.model, messages=messages, temperature=0, max_tokens=12, logprobs=True,
+                                   top_logprobs=3)
+content = r.choices[0].logprobs.content
+check(content and r.choices[0].message.content == greedy[: len(r.choices[0].message.content)], f"top: {r}")
+for t in content:
+    alts = t.top_logprobs
+    check(len(alts) == 3, f"three alternatives: {t}")
+    check(all(a.logprob >= b.logprob for a, b in zip(alts, alts[1:])), f"sorted: {alts}")
+    check(alts[0].token == t.token and alts[0].logprob == t.logprob, f"greedy takes the first: {t}")
+r = client.chat.completions.create(model=args.model, messages=messages, seed=3, max_tokens=12, logprobs=True,
+                                   top_logprobs=2)
+for t in r.choices[0].logprobs.content:
+    check(t.logprob <= t.top_logprobs[0].logprob, f"sampled below the best: {t}")
+    own = [a for a in t.top_logprobs if a.bytes == t.bytes]
+    check(not own or own[0].logprob == t.logprob, f"the sampled token's own entry: {t}")
+streamed = []
+for chunk in client.chat.completions.create(model=args.model, messages=messages, seed=3, max_tokens=12,
+                                            logprobs=True, top_logprobs=2, stream=True):
+    for c in chunk.choices:
+        streamed += c.logprobs.content if c.logprobs and c.logprobs.content else []
+check([(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in r.choices[0].logprobs.content],
+      "log-probs streamed with their tokens")
+
+# Text completions.
+prompt = "The capital of France is"
+c = client.completions.create(model=args.model, prompt=prompt, max_tokens=8, temperature=0)
+check(c.object == "text_completion" and c.choices[0].text and c.choices[0].logprobs is None, f"completion: {c}")
+plain = c.choices[0].text
+
+# Scoring as lm-eval-harness does: echo, max_tokens=0, logprobs; the first token has no log-prob.
+s = client.completions.create(model=args.model, prompt=prompt, max_tokens=0, echo=True, logprobs=1, temperature=0)
+lp = s.choices[0].logprobs
+check(s.choices[0].text == prompt, f"echo: {s.choices[0].text!r}")
+check("".join(lp.tokens) == prompt and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, f"echo: {lp}")
+check(all(x is not None and x <= 0 for x in lp.token_logprobs[1:]), f"prompt log-probs: {lp.token_logprobs}")
+check(lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))], f"offsets: {lp.text_offset}")
+check(all(d[t] == x for t, x, d in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:])),
+      "each token's own log-prob in its dict")
+check(s.usage.completion_tokens == 0 and s.usage.prompt_tokens == len(lp.tokens), f"usage: {s.usage}")
+ids = client.completions.create(model=args.model, prompt=[[1, 2, 3]], max_tokens=0, echo=True, logprobs=0)
+check(len(ids.choices[0].logprobs.tokens) == 3, f"token-id prompt: {ids}")
+
+# logprobs=5: five alternatives plus the sampled token at most; greedy takes the best.
+g = client.completions.create(model=args.model, prompt=prompt, max_tokens=8, logprobs=5, temperature=0)
+lp = g.choices[0].logprobs
+check(g.choices[0].text == plain and "".join(lp.tokens) == plain, f"logprobs=5: {g}")
+for t, x, d in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+    check(5 <= len(d) <= 6 and d[t] == x == max(d.values()), f"alternatives of {t!r}: {d}")
+
+# n=2 with a seed: two samples, reproducible.
+def two():
+    return client.completions.create(model=args.model, prompt=prompt, max_tokens=8, n=2, seed=11)
+
+
+texts = [c.text for c in two().choices]
+check(texts == [c.text for c in two().choices] and texts[0] != texts[1], f"n=2 seeded: {texts}")
+
+# Streamed: the same text.
+pieces = [ch.choices[0].text for ch in client.completions.create(model=args.model, prompt=prompt, max_tokens=8,
+                                                                  temperature=0, stream=True) if ch.choices]
+check("".join(pieces) == plain, f"stream {''.join(pieces)!r} vs {plain!r}")
+
 # Errors become the client's typed exceptions, naming the field.
 for kwargs, param in [({"temperature": 3}, "temperature"), ({"logit_bias": {"5": 1}}, "logit_bias"),
-                      ({"n": 0}, "n")]:
+                      ({"n": 0}, "n"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs")]:
     try:
         client.chat.completions.create(model=args.model, messages=messages, max_tokens=4, **kwargs)
         raise AssertionError(f"{kwargs} was accepted")
@@ -83,6 +148,11 @@ try:
     raise AssertionError("an unknown model was accepted")
 except openai.NotFoundError as e:
     check(e.body["code"] == "model_not_found", f"unknown model: {e.body}")
+try:
+    client.completions.create(model=args.model, prompt=prompt, max_tokens=1, logprobs=21)
+    raise AssertionError("logprobs=21 was accepted")
+except openai.BadRequestError as e:
+    check(e.body["param"] == "logprobs", f"logprobs=21: {e.body}")
 
 print("openai client checks passed")
 sys.exit(0)

@@ -13,22 +13,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::served::{Served, MODEL};
+use common::served::{body_json, Served, MODEL};
 /// The tiny model's context length (tests/common's tiny_config).
 const CONTEXT: usize = 256;
 
 impl Served {
-    fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.agent.get(&self.url(path)).call().expect("GET");
-        body_json(response)
-    }
-
-    fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let response =
-            self.agent.post(&self.url(path)).header("Content-Type", "application/json").send(body).expect("POST");
-        body_json(response)
-    }
-
     /// A chat completion that must succeed.
     fn chat(&self, body: &Value) -> Value {
         let (status, v) = self.post("/v1/chat/completions", &body.to_string());
@@ -37,49 +26,10 @@ impl Served {
         v
     }
 
-    /// A streamed chat completion over a raw connection, so the framing itself can be checked: every HTTP chunk
-    /// must hold exactly one event. Returns the response head and the events' data.
+    /// A streamed chat completion's response head and events (`Served::stream_at`).
     fn stream(&self, body: &Value) -> (String, Vec<String>) {
-        let mut body = body.clone();
-        body["stream"] = json!(true);
-        let body = body.to_string();
-        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
-        write!(
-            conn,
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("sending the request");
-        let mut raw = Vec::new();
-        conn.read_to_end(&mut raw).expect("reading the response");
-        let raw = String::from_utf8(raw).expect("UTF-8 response");
-        let (head, mut rest) = raw.split_once("\r\n\r\n").expect("response head");
-        let mut events = Vec::new();
-        loop {
-            let (size, after) = rest.split_once("\r\n").expect("chunk size line");
-            let size = usize::from_str_radix(size, 16).expect("hex chunk size");
-            if size == 0 {
-                assert_eq!(after, "\r\n", "nothing may follow the last chunk");
-                break;
-            }
-            let (chunk, after) = (after.get(..size).expect("whole chunk"), &after[size..]);
-            let data = chunk.strip_prefix("data: ").and_then(|c| c.strip_suffix("\n\n"));
-            let data = data.unwrap_or_else(|| panic!("a chunk is not exactly one event: {chunk:?}"));
-            assert!(!data.contains("\n\n"), "a chunk holds several events: {chunk:?}");
-            events.push(data.to_owned());
-            rest = after.strip_prefix("\r\n").expect("CRLF after a chunk");
-        }
-        (head.to_owned(), events)
+        self.stream_at("/v1/chat/completions", body)
     }
-}
-
-fn body_json(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().expect("response body");
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    (status, v)
 }
 
 /// What a stream said: the concatenated text deltas, the finish reason and the usage chunk, if any.
@@ -243,7 +193,7 @@ fn n_choices_each_sample_with_their_own_seed() {
     assert_eq!(choices.len(), 3, "{v}");
     let mut completion_tokens = 0;
     for (i, choice) in choices.iter().enumerate() {
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 40 + i as u64 };
+        let params = SamplingParams { temperature: 1.0, seed: 40 + i as u64, ..SamplingParams::default() };
         let want = reference.generate(&messages(), 12, params);
         assert_eq!(choice["index"], i);
         assert_eq!(choice["message"]["content"], want.text.as_str(), "choice {i}");
@@ -330,6 +280,61 @@ fn stream_matches_the_non_stream_completion() {
     assert_eq!(streamed.usage, full["usage"]);
 }
 
+/// `top_logprobs: 3`: three alternatives per token, most likely first, of the distribution the token's own
+/// log-prob comes from (the engine's, exactly); greedy takes the first; a sampled token is never more likely
+/// than the first and equals its own entry; streamed, each piece brings its tokens' entries, which together
+/// are the whole answer's.
+#[test]
+fn chat_top_logprobs_are_sorted_and_consistent_with_the_sampled_token() {
+    let served = Served::start(&[]);
+    let reference = Reference::load(&served);
+    let content_of = |v: &Value| v["choices"][0]["logprobs"]["content"].as_array().expect("content").clone();
+    let lp = |e: &Value| e["logprob"].as_f64().expect("logprob") as f32;
+    let mut body = greedy_body(16);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let v = served.chat(&body);
+    let content = content_of(&v);
+    let params = SamplingParams { top_logprobs: 3, ..greedy() };
+    let prompt = reference.tok.encode_chat(&messages()).expect("prompt");
+    let g = generate(&reference.model, &prompt, 16, params, reference.tok.stop_ids(), |_| Ok(())).expect("generate");
+    assert!(content.len() > 2, "{v}");
+    for (i, entry) in content.iter().enumerate() {
+        let top = entry["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(top.len(), 3, "{entry}");
+        assert!(top.windows(2).all(|w| lp(&w[0]) >= lp(&w[1])), "sorted: {entry}");
+        assert_eq!((lp(&top[0]), &top[0]["token"]), (lp(entry), &entry["token"]), "greedy takes the first: {entry}");
+        assert_eq!(top[0]["bytes"], entry["bytes"]);
+        for (alt, &(id, want)) in top.iter().zip(&g.top_logprobs[i]) {
+            assert_eq!(lp(alt), want, "token {i}: the engine's alternatives");
+            assert_eq!(alt["bytes"], json!(reference.tok.token_bytes(id).expect("bytes")));
+        }
+    }
+
+    let sampled = json!({"messages": messages(), "temperature": 1.0, "seed": 3, "max_tokens": 16, "logprobs": true,
+                         "top_logprobs": 3});
+    let v = served.chat(&sampled);
+    let content = content_of(&v);
+    for entry in &content {
+        let top = entry["top_logprobs"].as_array().expect("top_logprobs");
+        assert!(lp(entry) <= lp(&top[0]), "{entry}");
+        if let Some(own) = top.iter().find(|a| a["bytes"] == entry["bytes"]) {
+            assert_eq!(lp(own), lp(entry), "the sampled token's own entry: {entry}");
+        }
+    }
+    assert_eq!(token_bytes(&content), v["choices"][0]["message"]["content"].as_str().expect("text").as_bytes());
+
+    let (_, events) = served.stream(&sampled);
+    let mut streamed = Vec::new();
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(e).expect("event JSON");
+        if let Some(entries) = chunk["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(entries.iter().cloned());
+        }
+    }
+    assert_eq!(streamed, content, "the streamed entries are the whole answer's");
+}
+
 /// A stop string across a token boundary of `e` (the last character of tokens[..k], the first one token k adds),
 /// so a stream must hold that first character back until the next token decides; with the text before it and
 /// the tokens generated up to the stop string's end (k + 1).
@@ -398,7 +403,7 @@ fn seeded_sampling_is_reproducible() {
     let first = content(served.chat(&body(1234)));
     assert_eq!(content(served.chat(&body(1234))), first);
     assert_ne!(content(served.chat(&body(1235))), first, "another seed should sample another text");
-    let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1234 };
+    let params = SamplingParams { temperature: 1.0, seed: 1234, ..SamplingParams::default() };
     assert_eq!(Reference::load(&served).generate(&messages(), 16, params).text, first);
 }
 
@@ -412,7 +417,8 @@ fn bad_requests_are_400_with_an_error_object() {
         (json!({"model": MODEL}).to_string(), "invalid_request"),
         (json!({"messages": []}).to_string(), "invalid_value"),
         (json!({"messages": user, "n": 0}).to_string(), "invalid_value"),
-        (json!({"messages": user, "top_logprobs": 3}).to_string(), "unsupported"),
+        (json!({"messages": user, "top_logprobs": 3}).to_string(), "invalid_value"),
+        (json!({"messages": user, "logprobs": true, "top_logprobs": 21}).to_string(), "invalid_value"),
         (json!({"messages": user, "temperature": -1}).to_string(), "invalid_value"),
         (json!({"messages": user, "temperature": "hot"}).to_string(), "invalid_request"),
         (json!({"messages": user, "top_p": 1.5}).to_string(), "invalid_value"),
@@ -450,8 +456,8 @@ fn unknown_path_is_404_and_wrong_method_405() {
     let served = Served::start(&[]);
     let (status, v) = served.get("/v1/nope");
     assert_error(status, &v, 404, "unknown_url", "GET /v1/nope");
-    let (status, v) = served.post("/v1/completions", "{}");
-    assert_error(status, &v, 404, "unknown_url", "POST /v1/completions");
+    let (status, v) = served.post("/v1/embeddings", "{}");
+    assert_error(status, &v, 404, "unknown_url", "POST /v1/embeddings");
     let response = served.agent.get(&served.url("/v1/chat/completions")).call().expect("GET");
     assert_eq!(response.headers().get("allow").and_then(|h| h.to_str().ok()), Some("POST"));
     let (status, v) = body_json(response);

@@ -1,7 +1,9 @@
 //! A `mappa serve` process for tests: started on a free port, its port read from the startup line, killed
 //! when dropped.
 use mappa::tensor::DType;
-use std::io::{BufRead, BufReader};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -71,6 +73,62 @@ impl Served {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.agent.get(&self.url(path)).call().expect("GET");
+        body_json(response)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let response =
+            self.agent.post(&self.url(path)).header("Content-Type", "application/json").send(body).expect("POST");
+        body_json(response)
+    }
+
+    /// A streamed completion over a raw connection, so the framing itself can be checked: every HTTP chunk
+    /// must hold exactly one event. Returns the response head and the events' data.
+    pub fn stream_at(&self, path: &str, body: &Value) -> (String, Vec<String>) {
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let body = body.to_string();
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+        write!(
+            conn,
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("sending the request");
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).expect("reading the response");
+        let raw = String::from_utf8(raw).expect("UTF-8 response");
+        let (head, mut rest) = raw.split_once("\r\n\r\n").expect("response head");
+        let mut events = Vec::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+            let size = usize::from_str_radix(size, 16).expect("hex chunk size");
+            if size == 0 {
+                assert_eq!(after, "\r\n", "nothing may follow the last chunk");
+                break;
+            }
+            let (chunk, after) = (after.get(..size).expect("whole chunk"), &after[size..]);
+            let data = chunk.strip_prefix("data: ").and_then(|c| c.strip_suffix("\n\n"));
+            let data = data.unwrap_or_else(|| panic!("a chunk is not exactly one event: {chunk:?}"));
+            assert!(!data.contains("\n\n"), "a chunk holds several events: {chunk:?}");
+            events.push(data.to_owned());
+            rest = after.strip_prefix("\r\n").expect("CRLF after a chunk");
+        }
+        (head.to_owned(), events)
+    }
+}
+
+/// A response's status and JSON body.
+pub fn body_json(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("response body");
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, v)
 }
 
 impl Drop for Served {
