@@ -205,7 +205,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let backend = mappa::model::resolve_and_report(a.device, mappa::model::Work::Inference, "mappa generate")?;
-    let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let params =
+        SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, top_logprobs: 0 };
     params.validate()?;
     let loaded = mappa::loader::load(&a.model)?;
     let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
