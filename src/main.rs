@@ -36,8 +36,10 @@ enum Command {
     /// Train a team of agents (MAPPA). Without --config: the quickstart job (MathChat on a few GSM8K
     /// problems, SmolLM2 agents and coach, CPU), ending with the report's path.
     Train(TrainArgs),
-    /// Evaluate a run's newest checkpoint on its eval sets (appends to RUN_DIR/eval.jsonl).
-    Eval { run_dir: PathBuf },
+    /// Evaluate a run's newest checkpoint on its eval sets (appends to RUN_DIR/eval.jsonl and
+    /// RUN_DIR/eval_problems.jsonl), or with --config the base team of a configuration, untrained, in a new
+    /// run directory.
+    Eval(EvalArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models).
     Serve(mappa::serve::ServeArgs),
     /// Draw a training run's curves and a one-page HTML summary.
@@ -81,6 +83,19 @@ struct TrainArgs {
     resume: Option<PathBuf>,
     /// Override a configuration value, e.g. --set rl.lr=2e-6 (repeatable).
     #[arg(long = "set", conflicts_with = "resume")]
+    overrides: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A training run's directory.
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    run_dir: Option<PathBuf>,
+    /// A run configuration (TOML file) or a preset whose base team is evaluated (step 0).
+    #[arg(long)]
+    config: Option<String>,
+    /// Override a configuration value (repeatable), with --config.
+    #[arg(long = "set", requires = "config")]
     overrides: Vec<String>,
 }
 
@@ -155,7 +170,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(a) => cmd_train(a),
-        Command::Eval { run_dir } => Run::open(Open::Inspect(&run_dir))?.evaluate(),
+        Command::Eval(a) => match (&a.run_dir, &a.config) {
+            (Some(dir), _) => Run::open(Open::Inspect(dir))?.evaluate(),
+            (None, Some(config)) => Run::open(Open::New(Box::new(load_config(config, &a.overrides)?)))?.evaluate(),
+            (None, None) => unreachable!("clap requires one of them"),
+        },
         Command::Serve(a) => mappa::serve::run(a),
         Command::Tasks(a) => write_tasks(&a),
         Command::Report(a) => mappa::report::run(a),
@@ -186,21 +205,24 @@ fn run(cli: Cli) -> Result<()> {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let mut run = match (&a.resume, &a.config) {
         (Some(dir), _) => Run::open(Open::Resume(dir))?,
-        (None, config) => {
-            let cfg = match config.as_deref() {
-                None => Run::quickstart()?,
-                Some(c) if Path::new(c).is_file() => RunConfig::load(c)?,
-                Some(c) => RunConfig::preset(c).with_context(|| {
-                    format!("--config {c}: neither a file nor a preset ({})", RunConfig::preset_names().join(", "))
-                })?,
-            };
-            Run::open(Open::New(Box::new(cfg.with_overrides(&a.overrides)?)))?
-        }
+        (None, None) => Run::open(Open::New(Box::new(Run::quickstart()?.with_overrides(&a.overrides)?)))?,
+        (None, Some(config)) => Run::open(Open::New(Box::new(load_config(config, &a.overrides)?)))?,
     };
     let dir = run.train()?;
     let index = mappa::report::write_report(&dir)?;
     println!("{}", index.display());
     Ok(())
+}
+
+/// `--config` (a file, else a preset name) with `--set` overrides applied.
+fn load_config(config: &str, overrides: &[String]) -> Result<RunConfig> {
+    let cfg = match Path::new(config).is_file() {
+        true => RunConfig::load(config)?,
+        false => RunConfig::preset(config).with_context(|| {
+            format!("--config {config}: neither a file nor a preset ({})", RunConfig::preset_names().join(", "))
+        })?,
+    };
+    cfg.with_overrides(overrides)
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {

@@ -4,9 +4,9 @@
 use anyhow::{bail, Result};
 mod common;
 use mappa::coach::{
-    parse_score, truncate_middle, Coach, CoachBackend, CoachLog, CoachOutcome, CoachPrompt, CoachRequest, HttpCoach,
-    HttpCoachConfig, LocalCoach, OtherAgents, ParseError, RuleCoach, DEFAULT_TOOL_OUTPUT_LIMIT, MATHCHAT_TEMPLATE,
-    NO_TOOL_OUTPUT,
+    expected_score, parse_score, truncate_middle, Coach, CoachBackend, CoachLog, CoachOutcome, CoachPrompt,
+    CoachRequest, HttpCoach, HttpCoachConfig, LocalCoach, LocalScoring, OtherAgents, ParseError, RuleCoach,
+    DEFAULT_TOOL_OUTPUT_LIMIT, MATHCHAT_TEMPLATE, NO_TOOL_OUTPUT,
 };
 use mappa::tokenizer::ChatMessage;
 use serde_json::{json, Value};
@@ -645,7 +645,9 @@ fn local_coach_batch_replies_equal_single_replies() {
     m.config.max_position_embeddings = 2048;
     mappa::hf::write_dir(&m, dir.path(), mappa::tensor::DType::F32).unwrap();
     let prefix = "PROCESS_SCORE: ".to_string();
-    let coach = LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, 3, 0.0, Some(prefix.clone())).unwrap();
+    let coach =
+        LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, 3, 0.0, Some(prefix.clone()), LocalScoring::Sampled)
+            .unwrap();
     let prompt = CoachPrompt::new(MATHCHAT_TEMPLATE, DEFAULT_TOOL_OUTPUT_LIMIT).unwrap();
     let reqs: Vec<CoachRequest> =
         ["2 + 3 = 5", "the answer is 7", "\\boxed{5}"].iter().map(|out| request("solver", out)).collect();
@@ -660,4 +662,59 @@ fn local_coach_batch_replies_equal_single_replies() {
     // Scoring goes through the same path: one outcome per action, in order.
     let outcomes = Coach::new(coach, prompt, None).score_all(reqs, 1);
     assert_eq!(outcomes.len(), 3);
+}
+
+/// The probability-weighted score from hand-made distributions: digits with and without a leading space
+/// add up, "1" splits into 1 and 10 by what follows it, 11..19 are not scores, and too little mass on the
+/// scores is an error.
+#[test]
+fn expected_score_weights_the_score_tokens() {
+    let alts = |pairs: &[(&str, f64)]| -> Vec<(String, f32)> {
+        pairs.iter().map(|(t, p)| (t.to_string(), p.ln() as f32)).collect()
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    // 7 (0.5 as "7", 0.1 as " 7"), 3 (0.2), 1 (0.2) of which "10" 0.5 and "12" 0.25; "the" is no score.
+    let first = alts(&[("7", 0.5), (" 7", 0.1), ("3", 0.2), ("1", 0.2), ("the", 0.0001)]);
+    let after_one = alts(&[("0", 0.5), ("2", 0.25), ("\n", 0.25)]);
+    let (score, p) = expected_score(&first, &after_one).unwrap();
+    let mass = 0.5 + 0.1 + 0.2 + 0.2 * 0.5 + 0.2 * 0.25; // 7, 3, 10, and 1 followed by no digit
+    assert!(close(p[7], 0.6 / mass) && close(p[3], 0.2 / mass), "{p:?}");
+    assert!(close(p[10], 0.1 / mass) && close(p[1], 0.05 / mass) && p[2] == 0.0, "{p:?}");
+    assert!(close(score, (7.0 * 0.6 + 3.0 * 0.2 + 10.0 * 0.1 + 1.0 * 0.05) / mass), "{score}");
+    assert!(close(p.iter().sum(), 1.0));
+
+    let err = expected_score(&alts(&[("7", 0.3), ("The", 0.6)]), &alts(&[("0", 0.1)])).unwrap_err().to_string();
+    assert!(err.contains("0.300 of its probability"), "{err}");
+}
+
+/// SmolLM2 as an expected-score coach: every action gets a graded score in [0, 10] (the format cannot
+/// fail), a batch gives what each prompt gives alone, and the reply shows the distribution it came from.
+#[test]
+fn smollm2_expected_score_coach_always_scores() {
+    let coach = LocalCoach::load(
+        &common::smollm2_gguf(),
+        mappa::model::Backend::Cpu,
+        1,
+        0.0,
+        Some("PROCESS_SCORE: ".into()),
+        LocalScoring::Expected,
+    )
+    .unwrap();
+    let prompt = CoachPrompt::new(MATHCHAT_TEMPLATE, DEFAULT_TOOL_OUTPUT_LIMIT).unwrap();
+    let reqs: Vec<CoachRequest> = ["2 + 3 = \\boxed{5}", "2 + 3 = \\boxed{7}", "I like turtles."]
+        .iter()
+        .map(|out| CoachRequest { ground_truth: Some("5".into()), ..request("Problem Solver", out) })
+        .collect();
+    let messages: Vec<Vec<ChatMessage>> = reqs.iter().map(|r| prompt.render(r).unwrap()).collect();
+    let alone: Vec<String> = messages.iter().map(|m| coach.complete(m).unwrap()).collect();
+    assert!(alone[0].contains("Expected score") && alone[0].contains("10: "), "{}", alone[0]);
+    let outcomes = Coach::new(coach, prompt, None).score_all(reqs, 1);
+    for (o, reply) in outcomes.iter().zip(&alone) {
+        let CoachOutcome::Scored { score, attempts: 1 } = o else { panic!("{o:?}") };
+        assert!((0.0..=10.0).contains(score), "{score}");
+        assert!(reply.ends_with(&format!("PROCESS_SCORE: {score:.3}")), "the batch scored {score}: {reply}");
+    }
+    let scores: Vec<f32> =
+        outcomes.iter().map(|o| if let CoachOutcome::Scored { score, .. } = o { *score } else { 0.0 }).collect();
+    assert!(scores.iter().any(|s| s.fract() != 0.0), "graded, not whole digits: {scores:?}");
 }

@@ -289,7 +289,11 @@ fn runs_that_train_nothing_fail_loudly() {
     cli.run.dir = Some(tmp.path().join("cli-run"));
     let toml = tmp.path().join("starved.toml");
     std::fs::write(&toml, cli.to_toml_string().unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mappa")).args(["train", "--config"]).arg(&toml).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mappa"))
+        .args(["train", "--config"])
+        .arg(&toml)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "exit 0 for a run that trained nothing: {stderr}");
     assert!(stderr.contains("step 1: ") && stderr.contains("actions not generated"), "said per step: {stderr}");
@@ -332,7 +336,8 @@ fn resume_keeps_unreadable_lines_and_starts_over_without_a_checkpoint() {
     std::fs::remove_dir_all(dir.join("checkpoints")).unwrap();
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let step1: Vec<&str> = text.lines().take(3).collect();
-    std::fs::write(dir.join("metrics.jsonl"), format!("{}\n{{\"step\": 2, \"agent\": \"sol", step1.join("\n"))).unwrap();
+    std::fs::write(dir.join("metrics.jsonl"), format!("{}\n{{\"step\": 2, \"agent\": \"sol", step1.join("\n")))
+        .unwrap();
     let mut run = Run::open(Open::Resume(&dir)).unwrap();
     assert_eq!(run.step, 0, "no checkpoint: start again at step 0");
     assert_eq!(metrics(&dir).len(), 0, "every step is redone");
@@ -418,7 +423,7 @@ fn killed_at_random_points_a_run_resumes_to_the_same_result() {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         text.lines().map(|l| comparable(serde_json::from_str(l).unwrap())).collect()
     };
-    for file in ["metrics.jsonl", "eval.jsonl"] {
+    for file in ["metrics.jsonl", "eval.jsonl", "eval_problems.jsonl"] {
         assert_eq!(lines(&dir, file), lines(&dir_ref, file), "{file} differs from the uninterrupted run's");
     }
     let mut left = Vec::new();
@@ -511,4 +516,42 @@ fn outcome_reward_scores_every_action_by_the_final_answer() {
     }
     let index = mappa::report::write_report(&dir).unwrap();
     assert!(std::fs::read_to_string(index).unwrap().contains("outcome only"), "the report names the rewards");
+}
+
+/// `mappa eval --config`: the base team of a configuration, untrained, evaluated in a new run directory,
+/// with one line per problem in eval_problems.jsonl (what the learning experiment compares arms by).
+#[test]
+fn eval_config_evaluates_the_base_team_problem_by_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 1);
+    let eval = tmp.path().join("eval.jsonl");
+    std::fs::copy(tmp.path().join("train.jsonl"), &eval).unwrap();
+    cfg.data.eval = vec![eval];
+    (cfg.rl.eval_samples_per_prompt, cfg.rl.max_new_tokens) = (2, 4);
+    let toml = tmp.path().join("base.toml");
+    std::fs::write(&toml, cfg.to_toml_string().unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mappa"))
+        .args(["eval", "--config"])
+        .arg(&toml)
+        .args(["--set", "run.name=base"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = cfg.run_dir();
+    assert!(!dir.join("metrics.jsonl").exists() && !dir.join("checkpoints").exists(), "nothing was trained");
+    let problems: Vec<Value> = std::fs::read_to_string(dir.join("eval_problems.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = problems.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["p0", "p1", "p2", "p3"], "one line per problem, in task order");
+    for p in &problems {
+        assert_eq!((p["dataset"].as_str(), p["step"].as_u64()), (Some("eval"), Some(0)), "{p}");
+        assert_eq!(p["correct"].as_array().unwrap().len(), 2, "one entry per sample: {p}");
+    }
+    let summary: Value = serde_json::from_str(std::fs::read_to_string(dir.join("eval.jsonl")).unwrap().trim()).unwrap();
+    let correct: usize =
+        problems.iter().flat_map(|p| p["correct"].as_array().unwrap()).filter(|c| c.as_bool().unwrap()).count();
+    assert_eq!(summary["avg_at_k"].as_f64().unwrap(), correct as f64 / 8.0, "the lines add up to the summary");
 }

@@ -151,9 +151,8 @@ impl CoachBackend for HttpCoach {
         if let Some(auth) = &self.auth {
             request = request.header("Authorization", auth);
         }
-        let mut response = request
-            .call()
-            .with_context(|| format!("the coach endpoint {} does not answer", self.cfg.base_url))?;
+        let mut response =
+            request.call().with_context(|| format!("the coach endpoint {} does not answer", self.cfg.base_url))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         ensure!(

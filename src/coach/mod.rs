@@ -20,7 +20,7 @@ mod prompt;
 mod rule;
 
 pub use http::{HttpCoach, HttpCoachConfig};
-pub use local::LocalCoach;
+pub use local::{expected_score, LocalCoach, LocalScoring};
 pub use log::{CoachLog, LogRecord};
 pub use parse::{parse_score, ParseError, MAX_SCORE, SCORE_KEY};
 pub use prompt::{

@@ -132,9 +132,8 @@ fn read_config(path: &Path) -> (Option<String>, Vec<String>, Option<String>) {
             return (None, Vec::new(), None);
         }
     };
-    let rewards = crate::run_config::RunConfig::from_toml_str(&text, &path.display().to_string())
-        .ok()
-        .map(|c| c.reward_label());
+    let rewards =
+        crate::run_config::RunConfig::from_toml_str(&text, &path.display().to_string()).ok().map(|c| c.reward_label());
     let name = table.get("run").and_then(|r| r.get("name")).and_then(|n| n.as_str()).map(str::to_owned);
     let agents = table
         .get("agents")

@@ -29,7 +29,8 @@ impl MemoryEstimate {
         let p = params as u64;
         let tokens = crate::run::MICRO_BATCH_TOKENS as u64;
         let (h, layers) = (model.hidden_size as u64, model.num_layers as u64);
-        let layer_internals = 3 * h + 2 * model.q_dim() as u64 + 2 * model.kv_dim() as u64 + 3 * model.intermediate_size as u64;
+        let layer_internals =
+            3 * h + 2 * model.q_dim() as u64 + 2 * model.kv_dim() as u64 + 3 * model.intermediate_size as u64;
         MemoryEstimate {
             agents: cfg.agents.len(),
             params,

@@ -40,6 +40,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// One line per evaluated problem: dataset, step, task id and each sample's correctness.
+pub const EVAL_PROBLEMS: &str = "eval_problems.jsonl";
+
 /// Everything a run holds in memory.
 pub struct Run {
     pub cfg: RunConfig,
@@ -236,6 +239,16 @@ impl Run {
                 self.step, summary.avg_at_k, summary.avg_at_k_se, summary.pass_at_k, summary.pass_at_k_se
             );
             summary.append_to(&self.dir.join("eval.jsonl"))?;
+            // Each problem's results, so arms of an experiment can be compared problem by problem.
+            let mut by_task: std::collections::BTreeMap<usize, Vec<bool>> = Default::default();
+            for ep in &episodes {
+                by_task.entry(ep.task_index).or_default().push(ep.final_answer_correct == Some(true));
+            }
+            for (i, correct) in by_task {
+                let line =
+                    serde_json::json!({"dataset": name, "step": self.step, "id": tasks[i].id, "correct": correct});
+                crate::jsonl::append(&self.dir.join(EVAL_PROBLEMS), &line)?;
+            }
         }
         Ok(())
     }

@@ -3,12 +3,14 @@
 //! continuation rewrites them), plus the data, the frozen reference and the coach.
 use super::{available_memory, checkpoint, MemoryEstimate, Run};
 use crate::coach::MATHCHAT_TEMPLATE;
-use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
+use crate::coach::{
+    Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, LocalScoring, OtherAgents, RuleCoach,
+};
 use crate::data::{load_tasks, train_split, Task, TaskSampler, HOLDOUT_NAME};
 use crate::loader::LoadedModel;
 use crate::model::{self, Backend, BackendChoice};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
-use crate::run_config::{CoachBackend, LrSchedule as Schedule, Reward, RuleKind, RunConfig, Tool};
+use crate::run_config::{CoachBackend, LrSchedule as Schedule, Reward, RuleKind, RunConfig, ScoreKind, Tool};
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Trainer, TrainerConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -103,6 +105,7 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
     if resuming {
         drop_lines_after(&dir.join("metrics.jsonl"), step)?;
         drop_lines_after(&dir.join("eval.jsonl"), step)?;
+        drop_lines_after(&dir.join(super::EVAL_PROBLEMS), step)?;
     }
     let coach = match coach {
         Some(c) => Some(c.with_log(CoachLog::open(&dir.join("coach_log.jsonl"))?)),
@@ -330,6 +333,10 @@ pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
                 c.max_tokens,
                 c.temperature as f32,
                 c.reply_prefix.clone(),
+                match c.score {
+                    ScoreKind::Sampled => LocalScoring::Sampled,
+                    ScoreKind::Expected => LocalScoring::Expected,
+                },
             )?;
             Coach::new(local, prompt, None)
         }
@@ -339,11 +346,7 @@ pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
                 RuleKind::Final => OtherAgents::BoxedMatch { default: 5.0 },
                 RuleKind::Process => OtherAgents::Process,
             };
-            Coach::new(
-                RuleCoach::new(last, others, cfg.data.last_number_fallback)?,
-                prompt,
-                None,
-            )
+            Coach::new(RuleCoach::new(last, others, cfg.data.last_number_fallback)?, prompt, None)
         }
     })
 }

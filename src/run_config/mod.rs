@@ -201,6 +201,19 @@ pub struct CoachConfig {
     /// `rule` only: what the rule coach checks (see [`RuleKind`]).
     #[serde(default)]
     pub rule: RuleKind,
+    /// `local` only: `sampled` (the score the coach writes) or `expected` (the probability-weighted mean over
+    /// the scores 0..10; see `coach::local`).
+    #[serde(default)]
+    pub score: ScoreKind,
+}
+
+/// How a local coach's score is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreKind {
+    #[default]
+    Sampled,
+    Expected,
 }
 
 /// What the rule coach checks.
@@ -583,9 +596,14 @@ impl RunConfig {
                         .into()
                 }
             },
-            (Reward::Coach, CoachBackend::Local) => {
-                format!("local model coach `{}`", c.model.as_deref().unwrap_or("?"))
-            }
+            (Reward::Coach, CoachBackend::Local) => format!(
+                "local model coach `{}` ({})",
+                c.model.as_deref().unwrap_or("?"),
+                match c.score {
+                    ScoreKind::Sampled => "its written score",
+                    ScoreKind::Expected => "probability-weighted score",
+                }
+            ),
             (Reward::Coach, CoachBackend::Http) => format!(
                 "HTTP coach `{}` at {}",
                 c.model.as_deref().unwrap_or("?"),
