@@ -1,7 +1,7 @@
 //! Tokenizer and chat template: encode/decode through the `tokenizers` crate, chat formatting through
 //! minijinja running the model's own Jinja template (ChatML when the model has none), and the stop tokens.
 use crate::config::ModelConfig;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// What a checkpoint says about its tokenizer, in the shape of Hugging Face's files: `tokenizer.json`
@@ -47,8 +47,7 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn new(spec: &TokenizerSpec, config: &ModelConfig) -> Result<Tokenizer> {
-        let inner: tokenizers::Tokenizer =
-            spec.tokenizer_json.parse().map_err(|e| anyhow!("invalid tokenizer.json: {e}"))?;
+        let inner = parse_tokenizer_json(&spec.tokenizer_json).context("invalid tokenizer.json")?;
         let template = spec.chat_template.clone().unwrap_or_else(|| CHATML.to_owned());
         let mut stop_ids = config.eos_token_ids.clone();
         let named_eos = spec.eos_token.iter().map(String::as_str);
@@ -134,6 +133,46 @@ impl Tokenizer {
     /// Chat-formatted prompt ids. The template writes any special tokens itself, so none are added.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         self.encode(&self.apply_chat_template(messages, true)?, false)
+    }
+}
+
+/// `tokenizer.json` read by the `tokenizers` crate, after refusing what that crate would panic on rather than
+/// reject: text that is not JSON (its decoder deserializer unwraps the parse error it meets), and a template
+/// post-processor that names a special token it does not define, or the second sequence (`$B`) in the
+/// single-sequence template (it indexes both without a check when encoding).
+fn parse_tokenizer_json(text: &str) -> Result<tokenizers::Tokenizer> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).context("not valid JSON")?;
+    let tokenizer: tokenizers::Tokenizer = text.parse().map_err(|e| anyhow!("{e}"))?;
+    if let Some(p) = tokenizer.get_post_processor() {
+        check_post_processor(p).context("post_processor")?;
+    }
+    Ok(tokenizer)
+}
+
+fn check_post_processor(p: &tokenizers::processors::PostProcessorWrapper) -> Result<()> {
+    use tokenizers::processors::template::{Piece, Sequence};
+    use tokenizers::processors::PostProcessorWrapper;
+    match p {
+        PostProcessorWrapper::Template(t) => {
+            for (name, template) in [("single", &t.single), ("pair", t.get_pair())] {
+                // A template's pieces are private; its serialised form is the list of them.
+                let pieces: Vec<Piece> = serde_json::from_value(serde_json::to_value(template)?)?;
+                for piece in pieces {
+                    match piece {
+                        Piece::SpecialToken { id, .. } if !t.get_special_tokens().0.contains_key(&id) => {
+                            bail!("the {name} template uses special token {id:?}, which special_tokens lacks")
+                        }
+                        Piece::Sequence { id: Sequence::B, .. } if name == "single" => {
+                            bail!("the single template uses the second sequence $B")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        }
+        PostProcessorWrapper::Sequence(seq) => (0..).map_while(|i| seq.get(i)).try_for_each(check_post_processor),
+        _ => Ok(()),
     }
 }
 

@@ -7,6 +7,7 @@ use mappa::config::Arch;
 use mappa::hf::{load_dir, write_dir};
 use mappa::loader::LoadedModel;
 use mappa::tensor::{DType, Tensor};
+use mappa::tokenizer::{Tokenizer, TokenizerSpec};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
@@ -279,6 +280,40 @@ fn missing_tokenizer_json_is_an_error() {
     let dir = written(&common::tiny_model(Arch::Llama, 1), DType::F32);
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
     assert_mentions(&load_error(dir.path()), &["tokenizer.json", "missing"]);
+}
+
+/// Found by fuzzing (fuzz/corpus/tokenizer_json/crash-*): tokenizer.json files the `tokenizers` crate panics on,
+/// while reading (a syntax error reached inside "decoder") or at the first encode (a template naming an undefined
+/// special token, or `$B` in the single-sequence template). Each must be an error when the tokenizer is built.
+#[test]
+fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+    let config = common::tiny_config(Arch::Llama);
+    let good: Value = serde_json::from_str(&common::tiny_tokenizer(config.vocab_size).tokenizer_json).unwrap();
+    let build = |json: &str| {
+        let spec = TokenizerSpec { tokenizer_json: json.to_owned(), ..TokenizerSpec::default() };
+        Tokenizer::new(&spec, &config).map(|tok| tok.encode("t3 t4", true))
+    };
+    assert!(build(&good.to_string()).unwrap().is_ok());
+    let err = |json: &str| format!("{:#}", build(json).err().unwrap_or_else(|| panic!("accepted: {json}")));
+
+    let text = good.to_string().replace("\"decoder\":null", "\"decoder\":{\"type\":\"Fuse\"\u{1}}");
+    assert_mentions(&err(&text), &["invalid tokenizer.json", "not valid JSON"]);
+
+    let with_template = |single: Value| {
+        let mut json = good.clone();
+        json["post_processor"] = json!({
+            "type": "TemplateProcessing",
+            "single": single,
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"t1": {"id": "t1", "ids": [1], "tokens": ["t1"]}},
+        });
+        json.to_string()
+    };
+    let (a, b) = (json!({"Sequence": {"id": "A", "type_id": 0}}), json!({"Sequence": {"id": "B", "type_id": 0}}));
+    let special = |id: &str| json!({"SpecialToken": {"id": id, "type_id": 0}});
+    assert!(build(&with_template(json!([special("t1"), a]))).unwrap().is_ok());
+    assert_mentions(&err(&with_template(json!([special("t9"), a]))), &["post_processor", "\"t9\"", "special_tokens"]);
+    assert_mentions(&err(&with_template(json!([a, b]))), &["post_processor", "$B"]);
 }
 
 #[test]
