@@ -1,10 +1,11 @@
 //! Task data: loading JSON Lines task files, the training selection, and the per-step task sampler.
 //!
-//! - [`load_tasks`] reads one JSONL file with [`DataConfig`]'s field names (dotted paths into each record):
-//!   the id (`id_field`, else the 1-based line number), the task text (`task_field`, a string) and the
-//!   answers (the first present of `answer_fields`; a string, a number, or an array of them: alternatives
-//!   that all count as correct). Blank lines are skipped. Every problem (unreadable file, bad JSON, a
-//!   missing or mistyped field, a duplicate id, no tasks at all) is an error naming the file and line.
+//! - [`load_tasks`] reads one JSONL file ([`parse_tasks`] its text) with [`DataConfig`]'s field names (dotted
+//!   paths into each record): the id (`id_field`, else the 1-based line number), the task text (`task_field`,
+//!   a string) and the answers (the first present of `answer_fields`; a string, a number, or an array of
+//!   them: alternatives that all count as correct). Blank lines are skipped. Every problem (unreadable file,
+//!   bad JSON, a missing or mistyped field, a duplicate id, no tasks at all) is an error naming the file and
+//!   line.
 //! - [`train_split`]: the first `holdout_fraction` of the file (rounded down: 3 % of 933 = 27, MAPPA's
 //!   internal eval split) is held out as the eval set [`HOLDOUT_NAME`] and never trained on; then
 //!   `train_sample` tasks are drawn from the rest with the run seed (kept in file order).
@@ -43,6 +44,11 @@ pub fn field<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
 /// Loads every task of a JSON Lines file.
 pub fn load_tasks(path: &Path, cfg: &DataConfig) -> Result<Vec<Task>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading task file {}", path.display()))?;
+    parse_tasks(&text, &path.display().to_string(), cfg)
+}
+
+/// Every task of JSON Lines `text`; errors start with `source` (the file name) and the line number.
+pub fn parse_tasks(text: &str, source: &str, cfg: &DataConfig) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
     let mut first_line_of: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -50,14 +56,14 @@ pub fn load_tasks(path: &Path, cfg: &DataConfig) -> Result<Vec<Task>> {
         if line.trim().is_empty() {
             continue;
         }
-        let task = parse_task(line, line_no, cfg).with_context(|| format!("{}:{line_no}", path.display()))?;
+        let task = parse_task(line, line_no, cfg).with_context(|| format!("{source}:{line_no}"))?;
         if let Some(first) = first_line_of.insert(task.id.clone(), line_no) {
-            bail!("{}:{line_no}: duplicate task id `{}` (first on line {first})", path.display(), task.id);
+            bail!("{source}:{line_no}: duplicate task id `{}` (first on line {first})", task.id);
         }
         tasks.push(task);
     }
     if tasks.is_empty() {
-        bail!("{}: no tasks in the file", path.display());
+        bail!("{source}: no tasks in the file");
     }
     Ok(tasks)
 }
