@@ -509,6 +509,22 @@ fn missing_wrong_and_unknown_tensors_are_named() {
     assert!(err.contains("\"blk.0.mystery.weight\"") && err.contains("unknown GGUF tensor name"), "{err}");
 }
 
+/// Found by fuzzing (fuzz/corpus/gguf/crash-*): a llama q or k projection with a zero-sized dimension reached
+/// the row un-permutation, which divided by the row count and cut rows of zero columns (both panics). It is now
+/// an empty tensor like any other, refused for its shape.
+#[test]
+fn zero_sized_q_k_projections_are_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::tiny_config(Arch::Llama);
+    for (name, dims) in [("blk.0.attn_q.weight", [48u64, 0]), ("blk.1.attn_k.weight", [0, 16])] {
+        let (meta, mut tensors, _) = tiny_file(&c, 2);
+        let t = tensors.iter_mut().find(|t| t.name == name).unwrap();
+        (t.dims, t.data) = (dims.to_vec(), Vec::new());
+        let err = weights_err(&write(dir.path(), "empty.gguf", &gguf_bytes(&meta, &tensors)));
+        assert!(err.contains("_proj.weight") && err.contains("shape ["), "{name} {dims:?}: {err}");
+    }
+}
+
 // ---------------------------------------------------------------- the real SmolLM2 file
 
 #[test]

@@ -275,10 +275,13 @@ fn read_tensor(file: &GgufFile, info: &TensorInfo, permute_heads: Option<usize>)
 }
 
 /// Undoes llama.cpp's `w.reshape(n_head, 2, half, cols).swapaxes(1, 2)`: within each head, GGUF row
-/// `2 * i + s` holds Hugging Face row `s * half + i`.
+/// `2 * i + s` holds Hugging Face row `s * half + i`. An empty tensor (no rows or no columns) stays empty.
 fn unpermute_rows(values: &[f32], rows: usize, n_head: usize) -> Result<Vec<f32>> {
     if n_head == 0 || rows % (2 * n_head) != 0 {
         bail!("{rows} rows cannot be split into {n_head} heads of row pairs");
+    }
+    if values.is_empty() {
+        return Ok(Vec::new());
     }
     let (cols, half) = (values.len() / rows, rows / n_head / 2);
     let mut out = vec![0f32; values.len()];
