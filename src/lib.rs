@@ -4,10 +4,12 @@
 //! (one entry point), `tokenizer` (encode, decode, chat template); below the seam, the backends: `cpu` (the
 //! f32 reference) and `kernels`/`cuda` (the GPU side); `model`, the seam itself, the one interface through
 //! which everything above reaches a model; above it, `sample` and `engine` (paged KV blocks, continuous
-//! batching), then rollouts, the trainer, the run loop, serve and eval.
+//! batching, constrained sequences, whose grammars `constrain` compiles), then rollouts, the trainer, the run
+//! loop, serve and eval.
 pub mod arith;
 pub mod coach;
 pub mod config;
+pub mod constrain;
 pub mod cpu;
 pub mod cuda;
 pub mod data;

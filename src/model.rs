@@ -20,7 +20,7 @@
 use crate::config::ModelConfig;
 use crate::loader::LoadedModel;
 use crate::optim::AdamWConfig;
-use crate::sample::SamplingParams;
+use crate::sample::{SamplingParams, TokenMask};
 use crate::tensor::Weights;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -191,6 +191,9 @@ pub struct StepSeq<'a> {
     pub block_table: &'a [u32],
     /// Sample the token after the last of `tokens`; None for a prompt chunk that does not end the prompt.
     pub sample: Option<SampleSpec>,
+    /// With `sample`: the only tokens it may pick (a constrained sequence, `crate::engine::Constraint`), drawn
+    /// as [`crate::sample::sample_masked`] draws them on every backend; None: any token.
+    pub allowed: Option<&'a TokenMask>,
 }
 
 /// One batched step: block copies first (copy-on-write of shared blocks, `(from, to)`), then every

@@ -8,6 +8,11 @@
 //! bit. At T = 1 (OpenAI's default) and when greedy, that is the model's raw log-softmax, which is what
 //! OpenAI reports; at another temperature the log-probs (sampled and alternatives alike) are those of the
 //! tempered distribution the token was drawn from.
+//!
+//! A constrained sequence (structured outputs, `crate::constrain`) samples through [`sample_masked`]: the
+//! tokens its [`TokenMask`] forbids are dropped before temperature, top-k and top-p, exactly as if their
+//! logits were -inf, and its log-prob and alternatives are those of that masked distribution (see there).
+//! An unconstrained sequence never goes through it, so nothing about it changes.
 
 use crate::model::Sampled;
 
@@ -64,6 +69,116 @@ pub fn sample_with_top(logits: &[f32], params: &SamplingParams, index: u64) -> S
     let (scaled, lse) = tempered(logits, params.temperature);
     let pick = if params.temperature == 0.0 { argmax(&scaled) } else { draw(&scaled, lse, params, index) };
     Sampled { id: pick as u32, logprob: scaled[pick] - lse, top: top_of(&scaled, lse, params.top_logprobs) }
+}
+
+/// [`sample_with_top`] over the tokens `allowed` lets through (all of them when None): the draw is from
+/// softmax(logits / T) renormalised over the allowed tokens, as if every other logit were -inf, with top-k
+/// and top-p cut within them; greedy takes the most likely allowed token (the lowest id on ties).
+///
+/// The log-prob and the alternatives are those of that masked distribution, the one the token was drawn
+/// from, as everywhere in this module: the token's log-prob stays its own entry's among the alternatives,
+/// the alternatives are tokens that could have been drawn, and a token the constraint forces has log-prob
+/// 0. (The model's unmasked log-prob of the same token is lower by the log of the mass the mask removed.)
+/// Training rollouts are never constrained, so the policy log-probs training uses are untouched.
+///
+/// The allowed tokens are gathered in id order and sampled with [`sample_with_top`], so the walk, ties and
+/// the seeded draw follow the same rules as an unconstrained sample. Errors when no token of the
+/// vocabulary (`logits.len()`) is allowed.
+pub fn sample_masked(
+    logits: &[f32],
+    params: &SamplingParams,
+    index: u64,
+    allowed: Option<&TokenMask>,
+) -> anyhow::Result<Sampled> {
+    let Some(mask) = allowed else { return Ok(sample_with_top(logits, params, index)) };
+    let ids: Vec<u32> = mask.ids().take_while(|&id| (id as usize) < logits.len()).collect();
+    anyhow::ensure!(!ids.is_empty(), "the constraint allows no token of the {}-token vocabulary", logits.len());
+    let kept: Vec<f32> = ids.iter().map(|&id| logits[id as usize]).collect();
+    let s = sample_with_top(&kept, params, index);
+    let top = s.top.into_iter().map(|(j, lp)| (ids[j as usize], lp)).collect();
+    Ok(Sampled { id: ids[s.id as usize], logprob: s.logprob, top })
+}
+
+/// The tokens a constrained sequence may sample next: one bit per vocabulary id (bit `id % 32` of word
+/// `id / 32`, llguidance's layout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenMask {
+    words: Vec<u32>,
+    len: usize,
+}
+
+impl TokenMask {
+    /// A mask over `len` ids that allows none.
+    pub fn none(len: usize) -> TokenMask {
+        TokenMask { words: vec![0; len.div_ceil(32)], len }
+    }
+
+    /// A mask over `len` ids from its words; bits past `len` are dropped, missing words allow nothing.
+    pub fn from_words(words: &[u32], len: usize) -> TokenMask {
+        let mut m = TokenMask::none(len);
+        for (w, &v) in m.words.iter_mut().zip(words) {
+            *w = v;
+        }
+        if len % 32 != 0 {
+            if let Some(last) = m.words.last_mut() {
+                *last &= (1u32 << (len % 32)) - 1;
+            }
+        }
+        m
+    }
+
+    /// A mask over `len` ids that allows `ids` (those below `len`).
+    pub fn from_ids(len: usize, ids: impl IntoIterator<Item = u32>) -> TokenMask {
+        let mut m = TokenMask::none(len);
+        ids.into_iter().for_each(|id| m.allow(id));
+        m
+    }
+
+    /// The number of ids the mask covers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Allows `id`; ids past the mask's length are ignored.
+    pub fn allow(&mut self, id: u32) {
+        if (id as usize) < self.len {
+            self.words[id as usize / 32] |= 1 << (id % 32);
+        }
+    }
+
+    pub fn disallow(&mut self, id: u32) {
+        if (id as usize) < self.len {
+            self.words[id as usize / 32] &= !(1 << (id % 32));
+        }
+    }
+
+    pub fn allows(&self, id: u32) -> bool {
+        (id as usize) < self.len && self.words[id as usize / 32] & (1 << (id % 32)) != 0
+    }
+
+    /// How many ids are allowed.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// No id is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
+    /// The allowed ids, in increasing order.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let bit = w.trailing_zeros();
+                    w &= w - 1;
+                    i as u32 * 32 + bit
+                })
+            })
+        })
+    }
 }
 
 /// The log-prob of token `id` and the `k` most likely tokens with theirs (most likely first, ties by the

@@ -40,6 +40,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// The chat template, compiled once (as "chat") in an environment set up as transformers renders.
     env: minijinja::Environment<'static>,
+    /// The template's source.
+    template: String,
     bos_token: String,
     eos_token: String,
     stop_ids: Vec<u32>,
@@ -62,9 +64,11 @@ impl Tokenizer {
         env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
-        env.add_template_owned("chat", template).context("chat template does not compile")?;
+        env.add_filter("tojson", python_tojson);
+        env.add_template_owned("chat", template.clone()).context("chat template does not compile")?;
         let tok = Tokenizer {
             inner,
+            template,
             bos_token: spec.bos_token.clone().unwrap_or_default(),
             eos_token: spec.eos_token.clone().unwrap_or_default(),
             env,
@@ -134,6 +138,102 @@ impl Tokenizer {
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         self.encode(&self.apply_chat_template(messages, true)?, false)
     }
+
+    /// [`Tokenizer::apply_chat_template`] for messages as JSON objects, in the shape transformers takes them
+    /// (an assistant message's `tool_calls`, a `tool` message's `tool_call_id`, a null `content`), with the
+    /// function `tools` the template may describe (None: no `tools` variable, as transformers' default).
+    pub fn render_chat(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let ctx = minijinja::context! {
+            messages => messages,
+            tools => tools,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        self.env.get_template("chat")?.render(ctx).context("rendering the chat template")
+    }
+
+    /// The chat template's source (the model's own, else the ChatML fallback).
+    pub fn chat_template(&self) -> &str {
+        &self.template
+    }
+
+    /// Whether `id` is a special added token (`<|im_end|>`, ...): text a grammar does not produce.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    }
+}
+
+/// Jinja's `tojson` as transformers defines it for chat templates: Python's `json.dumps` with
+/// `ensure_ascii=False` (", " and ": " separators, or one item per line with `indent`; keys in their order
+/// unless `sort_keys`), not minijinja's HTML-safe compact form, so tool schemas reach the prompt as the
+/// model saw them in training.
+fn python_tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<String, minijinja::Error> {
+    let bad = |e: &dyn std::fmt::Display| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string());
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value).map_err(|e| bad(&e))?;
+    let mut out = String::new();
+    write_python_json(&mut out, &json, indent, sort_keys.unwrap_or(false), 0).map_err(|e| bad(&e))?;
+    Ok(out)
+}
+
+fn write_python_json(
+    out: &mut String,
+    v: &serde_json::Value,
+    indent: Option<usize>,
+    sort_keys: bool,
+    depth: usize,
+) -> serde_json::Result<()> {
+    use serde_json::Value;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    let sep = if indent.is_some() { "," } else { ", " };
+    match v {
+        Value::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                write_python_json(out, item, indent, sort_keys, depth + 1)?;
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        Value::Object(map) if !map.is_empty() => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            if sort_keys {
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            out.push('{');
+            for (i, (k, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                out.push_str(&serde_json::to_string(k)?);
+                out.push_str(": ");
+                write_python_json(out, item, indent, sort_keys, depth + 1)?;
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        other => out.push_str(&serde_json::to_string(other)?),
+    }
+    Ok(())
 }
 
 /// `tokenizer.json` read by the `tokenizers` crate, after refusing what that crate would panic on rather than

@@ -1,7 +1,7 @@
 //! Batch invariance of the engine on SmolLM2-135M (f32 CPU backend): one request with a fixed seed gives
 //! bitwise the same tokens, log-probs and top-5 alternatives alone, inside a batch of 32 mixed-length prompts
-//! (which ask for no alternatives), next to requests that share its prompt's blocks, and after the engine
-//! preempted and recomputed it.
+//! (which ask for no alternatives), next to requests that share its prompt's blocks, next to constrained
+//! requests (JSON-only sequences, `crate::constrain`), and after the engine preempted and recomputed it.
 mod common;
 use mappa::engine::{generate_batch, Engine, EngineConfig, Event, Generation, Request};
 use mappa::model::Model;
@@ -93,6 +93,22 @@ fn prefix_sharing_does_not_change_a_request() {
     let out = generate_batch(model, reqs, &EngineConfig::default()).unwrap();
     assert_same("as the second sample of a shared prompt", &out[0][1]);
     assert_ne!(out[0][0].tokens, out[0][1].tokens, "samples with other seeds differ");
+}
+
+#[test]
+fn constrained_neighbours_do_not_change_a_request() {
+    let (model, tok) = common::smollm2();
+    // The target's own prompt constrained to JSON (sharing its prompt's blocks) and two other constrained
+    // samples: their masks apply to their rows only.
+    let grammars = mappa::constrain::Grammars::new(tok, model.config().vocab_size).unwrap();
+    let json = grammars.json_object().unwrap();
+    let reqs = vec![request(prompt(5), vec![sampled(7)]), target(), request(prompt(2), vec![sampled(8), sampled(9)])];
+    let constraints: Vec<mappa::engine::Constraints> =
+        vec![vec![Some(json.constraint())], Vec::new(), vec![Some(json.constraint()), Some(json.constraint())]];
+    let out = mappa::engine::generate_batch_constrained(model, reqs, constraints, &EngineConfig::default()).unwrap();
+    assert_same("next to constrained requests", &out[1][0]);
+    let first = tok.decode(&out[0][0].tokens[..1], false).unwrap();
+    assert!(first.trim_start().starts_with('{'), "the constrained neighbour starts a JSON object: {first:?}");
 }
 
 #[test]

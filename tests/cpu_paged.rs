@@ -165,6 +165,7 @@ fn run(m: &CpuModel, block_size: usize, plans: &[Plan]) -> Vec<BTreeMap<usize, V
                     pos,
                     block_table: &tables[i],
                     sample: spec().filter(|_| end >= p.prompt),
+                    allowed: None,
                 }
             })
             .collect::<Vec<_>>();
@@ -255,7 +256,7 @@ fn close_to_training(m: &CpuModel, what: &str) {
 fn fork_by_copy(m: &CpuModel, what: &str) {
     // One token of `t` at `pos`.
     fn seq<'a>(t: &'a [u32], table: &'a [u32], pos: usize) -> StepSeq<'a> {
-        StepSeq { tokens: &t[pos..pos + 1], pos, block_table: table, sample: spec() }
+        StepSeq { tokens: &t[pos..pos + 1], pos, block_table: table, sample: spec(), allowed: None }
     }
     let v = m.config.vocab_size;
     let a = tokens(14, v, 21);
@@ -265,7 +266,7 @@ fn fork_by_copy(m: &CpuModel, what: &str) {
     let (ta, tb) = ([3u32, 0, 7], [3u32, 0, 9]);
     let mut pool = CpuKvPool::new(&m.config, 10, 5).unwrap();
     let mut step = |copies, seqs| bits(&m.forward_paged(&mut pool, &StepBatch { copies, seqs }).unwrap());
-    step(vec![], vec![StepSeq { tokens: &a[..12], pos: 0, block_table: &ta, sample: spec() }]);
+    step(vec![], vec![StepSeq { tokens: &a[..12], pos: 0, block_table: &ta, sample: spec(), allowed: None }]);
     let s13 = step(vec![(7, 9)], vec![seq(&a, &ta, 12), seq(&b, &tb, 12)]);
     let s14 = step(vec![], vec![seq(&b, &tb, 13), seq(&a, &ta, 13)]);
     let alone = |t: &[u32]| run(m, 5, &[Plan { tokens: t, prompt: 12, chunks: vec![12, 1, 1] }]).remove(0);
@@ -327,7 +328,13 @@ fn step_samples_the_same_tokens_alone_and_batched() {
         copies: Vec::new(),
         seqs: which
             .iter()
-            .map(|&i| StepSeq { tokens: &seqs[i], pos: 0, block_table: &tables[i], sample: spec.filter(|_| i != 1) })
+            .map(|&i| StepSeq {
+                tokens: &seqs[i],
+                pos: 0,
+                block_table: &tables[i],
+                sample: spec.filter(|_| i != 1),
+                allowed: None,
+            })
             .collect(),
     };
     let mut together = backend.new_kv_pool(11, 16).unwrap();
@@ -350,7 +357,7 @@ fn bad_input_is_an_error() {
     let toks = tokens(9, 67, 1);
     let mut pool = CpuKvPool::new(cfg, 4, 4).unwrap();
     let mut try_step = |copies: Vec<(u32, u32)>, tokens: &[u32], pos: usize, table: &[u32]| {
-        let seqs = vec![StepSeq { tokens, pos, block_table: table, sample: spec() }];
+        let seqs = vec![StepSeq { tokens, pos, block_table: table, sample: spec(), allowed: None }];
         m.forward_paged(&mut pool, &StepBatch { copies, seqs }).map_err(|e| format!("{e:#}"))
     };
     assert_eq!(try_step(vec![], &toks, 0, &[0, 1, 2]).unwrap().len(), 67);

@@ -57,7 +57,7 @@ fn gpu_last_logits(m: &CudaModel, tokens: &[u32]) -> Vec<f32> {
     // Blocks in reverse order, so the pages are not contiguous.
     let table: Vec<u32> = (0..blocks as u32).rev().collect();
     let spec = SampleSpec { params: greedy(), index: 0 };
-    let seq = StepSeq { tokens, pos: 0, block_table: &table, sample: Some(spec) };
+    let seq = StepSeq { tokens, pos: 0, block_table: &table, sample: Some(spec), allowed: None };
     m.forward_paged(&mut *pool, &StepBatch { copies: Vec::new(), seqs: vec![seq] }).unwrap()
 }
 
@@ -165,15 +165,15 @@ fn cuda_step_rejects_bad_input() {
     let table = [0u32, 1];
     let spec = Some(SampleSpec { params: greedy(), index: 0 });
     let bad_id = [1u32, m.config().vocab_size as u32];
-    let seq = StepSeq { tokens: &bad_id, pos: 0, block_table: &table, sample: spec };
+    let seq = StepSeq { tokens: &bad_id, pos: 0, block_table: &table, sample: spec, allowed: None };
     let err = m.step(&mut *pool, &StepBatch { copies: Vec::new(), seqs: vec![seq] }).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
     let far = [9u32];
-    let seq = StepSeq { tokens: &[1, 2], pos: 0, block_table: &far, sample: spec };
+    let seq = StepSeq { tokens: &[1, 2], pos: 0, block_table: &far, sample: spec, allowed: None };
     let err = format!("{:#}", m.step(&mut *pool, &StepBatch { copies: Vec::new(), seqs: vec![seq] }).unwrap_err());
     assert!(err.contains("outside the pool"), "{err}");
     let mut cpu_pool = cpu.new_kv_pool(4, 16).unwrap();
-    let seq = StepSeq { tokens: &[1, 2], pos: 0, block_table: &table, sample: spec };
+    let seq = StepSeq { tokens: &[1, 2], pos: 0, block_table: &table, sample: spec, allowed: None };
     let err = m.step(&mut *cpu_pool, &StepBatch { copies: Vec::new(), seqs: vec![seq] }).unwrap_err().to_string();
     assert!(err.contains("another backend"), "{err}");
 }

@@ -219,7 +219,7 @@ fn drain(engine: &mut Engine) -> Vec<Event> {
 fn finished(events: &[Event]) -> HashMap<SeqId, Generation> {
     let done = events.iter().filter_map(|e| match e {
         Event::Finished { seq, generation } => Some((*seq, generation.clone())),
-        Event::Token { .. } => None,
+        Event::Token { .. } | Event::Failed { .. } => None,
     });
     done.collect()
 }
@@ -278,7 +278,9 @@ fn property(seed: u64, events: usize) -> (u64, u64, u64) {
             3..9 => {
                 for event in engine.step().unwrap() {
                     let (id, s) = match &event {
-                        Event::Token { seq, .. } | Event::Finished { seq, .. } => (*seq, seqs.get_mut(seq).unwrap()),
+                        Event::Token { seq, .. } | Event::Finished { seq, .. } | Event::Failed { seq, .. } => {
+                            (*seq, seqs.get_mut(seq).unwrap())
+                        }
                     };
                     assert!(!s.aborted && s.generation.is_none(), "an event for sequence {id}, which is over");
                     match event {
@@ -292,6 +294,7 @@ fn property(seed: u64, events: usize) -> (u64, u64, u64) {
                             s.generation = Some(generation);
                             live.retain(|&l| l != id);
                         }
+                        Event::Failed { error, .. } => panic!("sequence {id} failed unconstrained: {error}"),
                     }
                 }
                 engine.check_invariants().unwrap();

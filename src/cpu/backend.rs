@@ -49,14 +49,16 @@ impl Model for CpuBackend {
         let logits = self.model.forward_paged(pool, batch)?;
         let v = self.model.config.vocab_size;
         let mut rows = logits.chunks_exact(v);
-        Ok(batch
-            .seqs
-            .iter()
-            .map(|s| {
-                let spec = s.sample?;
-                Some(crate::sample::sample_with_top(rows.next()?, &spec.params, spec.index))
-            })
-            .collect())
+        let mut out = Vec::with_capacity(batch.seqs.len());
+        for s in &batch.seqs {
+            let Some(spec) = s.sample else {
+                out.push(None);
+                continue;
+            };
+            let row = rows.next().context("fewer logit rows than sampling sequences")?;
+            out.push(Some(crate::sample::sample_masked(row, &spec.params, spec.index, s.allowed)?));
+        }
+        Ok(out)
     }
 
     fn sequence_logprobs(&self, p: Packed, temperature: f32) -> Result<Vec<f32>> {

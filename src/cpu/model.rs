@@ -362,7 +362,7 @@ impl CpuModel {
             pool.grow(blocks)?;
             table.extend(table.len() as u32..blocks as u32);
         }
-        let seq = StepSeq { tokens, pos: *len, block_table: table, sample: None };
+        let seq = StepSeq { tokens, pos: *len, block_table: table, sample: None, allowed: None };
         let rows: Vec<usize> = match which {
             Logits::Last => vec![t - 1],
             Logits::All => (0..t).collect(),

@@ -24,7 +24,10 @@
 //!
 //! A sequence that asks for `top_logprobs` has its row of logits downloaded and its alternatives (and its
 //! sampled token's log-prob, so the two agree exactly) computed on the host by the CPU's function
-//! (`sample::logprob_and_top`); the other rows never leave the device.
+//! (`sample::logprob_and_top`); the other rows never leave the device. A constrained sequence (a token mask,
+//! `StepSeq::allowed`) is sampled on the host too, from its downloaded row by the CPU's
+//! `sample::sample_masked`, so its draw, log-prob and alternatives are the CPU backend's and the mask is
+//! never skipped; the device's pick for that row is discarded. Other rows are untouched by it.
 //!
 //! Training (scored forward, backward, optimizer) is the CUDA training issue's work; those methods say so,
 //! and so does scoring a sequence (prompt log-probs).
@@ -401,6 +404,7 @@ impl Model for CudaModel {
         let w = &mut *w;
         let n = self.forward(w, pool, batch)?;
         let specs: Vec<_> = batch.seqs.iter().filter_map(|s| s.sample.map(|sp| (sp.params, sp.index))).collect();
+        let masks: Vec<_> = batch.seqs.iter().filter(|s| s.sample.is_some()).map(|s| s.allowed).collect();
         let v = self.config.vocab_size;
         let picks = match n {
             0 => Vec::new(),
@@ -408,8 +412,14 @@ impl Model for CudaModel {
                 let logits = w.logits.0.as_ref().expect("forward wrote the logits");
                 let picks = w.sampler.sample(&self.gpu, &logits.slice(0..n * v), v, &specs)?;
                 let mut out = Vec::with_capacity(n);
-                for (row, ((id, logprob), (params, _))) in picks.into_iter().zip(&specs).enumerate() {
+                for (row, ((id, logprob), (params, index))) in picks.into_iter().zip(&specs).enumerate() {
                     let mut s = Sampled { id, logprob, top: Vec::new() };
+                    if let Some(mask) = masks[row] {
+                        // Constrained: drawn on the host from this row's fp32 logits (sample_masked).
+                        let host = self.gpu.download(&logits.slice(row * v..(row + 1) * v))?;
+                        out.push(crate::sample::sample_masked(&host, params, *index, Some(mask))?);
+                        continue;
+                    }
                     if params.top_logprobs > 0 {
                         // Alternatives on the host, from this row's fp32 logits (one row download), with the
                         // CPU's function; the sampled token's log-prob is then taken from the same host

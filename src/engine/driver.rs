@@ -10,6 +10,7 @@
 //! fails may have done part of its work, so the engine then preempts every running sequence and recomputes
 //! them later; cached blocks stay, since no step writes into a block it does not own alone.
 use super::blocks::{blocks_for, BlockManager};
+use super::constraint::Constraints;
 use super::scheduler::{Plan, Scheduler};
 use super::{EngineConfig, EngineStats, Event, FinishReason, Generation, Request, SeqId};
 use crate::model::{KvPool, Model, Sampled, StepBatch, StepSeq};
@@ -66,6 +67,12 @@ impl<'m> Engine<'m> {
     /// Queues a request; returns the ids of its sequences, one per sample in order. `max_new_tokens` is cut
     /// to what the model's context leaves; 0 finishes at once, with no tokens, at the next `step`.
     pub fn add(&mut self, req: Request) -> Result<Vec<SeqId>> {
+        self.add_constrained(req, Vec::new())
+    }
+
+    /// [`Engine::add`] with a constraint per sample (`constraint` module; an empty list: none). Each
+    /// constraint's first mask is taken now: one that fails, or allows no token, refuses the request.
+    pub fn add_constrained(&mut self, req: Request, constraints: Constraints) -> Result<Vec<SeqId>> {
         let cfg = self.model.config();
         let (ctx, vocab, len) = (cfg.max_position_embeddings, cfg.vocab_size, req.prompt.len());
         ensure!(!req.samples.is_empty(), "a request needs at least one sample");
@@ -78,6 +85,11 @@ impl<'m> Engine<'m> {
             p.validate()?;
         }
         let n = req.samples.len();
+        ensure!(
+            constraints.is_empty() || constraints.len() == n,
+            "{} constraints for {n} samples: give one per sample or none",
+            constraints.len()
+        );
         let max_seqs = self.sched.max_seqs();
         ensure!(n <= max_seqs, "{n} samples of one request are more than max_seqs ({max_seqs}) sequences");
         let max_new = req.max_new_tokens.min(ctx - len);
@@ -102,7 +114,23 @@ impl<'m> Engine<'m> {
             "a sequence of {len} prompt tokens and up to {max_new} new ones needs {need} KV blocks of {bs} positions; \
              the pool has {pool}"
         );
-        Ok(self.sched.add(&req.prompt, max_new, &req.stop_ids, &req.samples))
+        let mut constrained = Vec::with_capacity(constraints.len());
+        for (j, c) in constraints.into_iter().enumerate() {
+            constrained.push(match c {
+                None => None,
+                Some(mut c) => {
+                    let mask = c.allowed(&req.stop_ids).with_context(|| format!("sample {j}'s constraint"))?;
+                    ensure!(
+                        mask.len() == vocab,
+                        "sample {j}'s constraint gave a mask over {} tokens for a {vocab}-token vocabulary",
+                        mask.len()
+                    );
+                    ensure!(!mask.is_empty(), "sample {j}'s constraint allows no first token");
+                    Some((c, mask))
+                }
+            });
+        }
+        Ok(self.sched.add_constrained(&req.prompt, max_new, &req.stop_ids, &req.samples, constrained))
     }
 
     /// Drops sequence `seq` and frees its blocks; it gets no Finished event. An unknown id does nothing.
@@ -143,7 +171,8 @@ impl<'m> Engine<'m> {
             let end = c.pos + c.len;
             let table = self.blocks.table(c.seq);
             let block_table = table.get(..blocks_for(end, self.blocks.block_size())).context("a short block table")?;
-            seqs.push(StepSeq { tokens: &seq.tokens[c.pos..end], pos: c.pos, block_table, sample: c.sample });
+            let allowed = c.sample.and(seq.allowed());
+            seqs.push(StepSeq { tokens: &seq.tokens[c.pos..end], pos: c.pos, block_table, sample: c.sample, allowed });
         }
         let batch = StepBatch { copies: plan.copies.clone(), seqs };
         let out = self.model.step(self.kv.as_mut(), &batch)?;
@@ -154,14 +183,16 @@ impl<'m> Engine<'m> {
             plan.chunks.len()
         );
         let vocab = self.model.config().vocab_size;
-        for (c, o) in plan.chunks.iter().zip(&out) {
+        for ((c, o), st) in plan.chunks.iter().zip(&out).zip(&batch.seqs) {
             ensure!(
                 c.sample.is_some() == o.is_some(),
                 "the model sampled where it was not asked to, or did not where it was"
             );
             if let (Some(s), Some(spec)) = (o, c.sample) {
                 ensure!((s.id as usize) < vocab, "the model sampled token {} of a {vocab}-token vocabulary", s.id);
-                let k = spec.params.top_logprobs.min(vocab);
+                // A constrained sample's alternatives are among its allowed tokens (`Seq::push` checks the pick).
+                let choices = st.allowed.map_or(vocab, |m| m.count());
+                let k = spec.params.top_logprobs.min(choices);
                 ensure!(s.top.len() == k, "the model gave {} top log-probs where {k} were asked for", s.top.len());
             }
         }

@@ -10,11 +10,14 @@
 //! - `driver`: [`Engine`], which checks requests and turns the scheduler's plan into model steps.
 //! - `batch`: whole jobs: [`generate_batch`], [`Engine::run_batch`] and one-sequence [`generate`].
 //! - `service`: an engine on its own thread that many threads submit to ([`EngineService`], `mappa serve`).
+//! - `constraint`: sequences whose tokens a [`Constraint`] restricts (structured outputs), masked where
+//!   sampling happens.
 //!
 //! A sequence's tokens do not depend on what shares its batch or on a preemption: sampling draws are a
 //! function of (seed, index) (`crate::sample`), and a recomputed sequence continues at the same index.
 mod batch;
 mod blocks;
+mod constraint;
 mod driver;
 mod scheduler;
 mod seq;
@@ -23,7 +26,8 @@ mod service;
 use crate::sample::SamplingParams;
 use serde::Serialize;
 
-pub use batch::{generate, generate_batch};
+pub use batch::{generate, generate_batch, generate_batch_constrained};
+pub use constraint::{Constraint, Constraints};
 pub use driver::Engine;
 pub use service::{EngineService, Scores, ServiceLoad, Update};
 
@@ -101,6 +105,9 @@ pub enum Event {
     Token { seq: SeqId, id: u32, logprob: f32, top: Vec<(u32, f32)> },
     /// `seq` stopped (after its last Token event) and holds no blocks any more.
     Finished { seq: SeqId, generation: Generation },
+    /// `seq`'s constraint could not go on (after its last Token event); it holds no blocks any more and gets
+    /// no Finished event.
+    Failed { seq: SeqId, error: String },
 }
 
 /// Counters over an engine's life.

@@ -19,10 +19,11 @@
 //! forks: each child takes all its blocks, runs the last prompt token (copy-on-write of the shared partial
 //! block) and samples with its own parameters. Finished sequences are retired at once.
 use super::blocks::BlockManager;
-use super::seq::{Role, Seq, State};
+use super::constraint::Constraint;
+use super::seq::{Ending, Role, Seq, State};
 use super::{EngineStats, Event, SeqId};
 use crate::model::{SampleSpec, Sampled};
-use crate::sample::SamplingParams;
+use crate::sample::{SamplingParams, TokenMask};
 use anyhow::{ensure, Context, Result};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -93,18 +94,36 @@ impl Scheduler {
 
     /// Queues one sequence per element of `samples` continuing `prompt` (checked by the caller); returns
     /// their ids.
+    #[cfg(test)]
     pub fn add(&mut self, prompt: &[u32], max_new: usize, stop_ids: &[u32], samples: &[SamplingParams]) -> Vec<SeqId> {
+        self.add_constrained(prompt, max_new, stop_ids, samples, Vec::new())
+    }
+
+    /// Queues one sequence per element of `samples` continuing `prompt` (checked by the caller), each with
+    /// its constraint and first mask (an empty list: none); returns their ids.
+    pub fn add_constrained(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stop_ids: &[u32],
+        samples: &[SamplingParams],
+        constrained: Vec<Option<(Box<dyn Constraint>, TokenMask)>>,
+    ) -> Vec<SeqId> {
         let stop_ids: Arc<[u32]> = stop_ids.into();
         let ids: Vec<SeqId> = samples.iter().map(|_| self.new_id()).collect();
+        let mut constrained = constrained.into_iter();
         let queued = match samples {
             [params] => {
-                self.seqs.insert(ids[0], Seq::sampler(prompt, State::Waiting, *params, max_new, stop_ids));
+                let seq =
+                    Seq::sampler(prompt, State::Waiting, *params, max_new, stop_ids, constrained.next().flatten());
+                self.seqs.insert(ids[0], seq);
                 ids[0]
             }
             _ => {
                 let parent = self.new_id();
                 for (&id, &params) in ids.iter().zip(samples) {
-                    let child = Seq::sampler(prompt, State::Pending { parent }, params, max_new, stop_ids.clone());
+                    let (state, c) = (State::Pending { parent }, constrained.next().flatten());
+                    let child = Seq::sampler(prompt, state, params, max_new, stop_ids.clone(), c);
                     self.seqs.insert(id, child);
                 }
                 self.seqs.insert(parent, Seq::parent(&prompt[..prompt.len() - 1], ids.clone()));
@@ -262,12 +281,16 @@ impl Scheduler {
                 continue;
             }
             let Some(s) = sampled else { continue };
-            let finish = seq.push(s, now);
+            let ending = seq.push(s, now);
             events.push(Event::Token { seq: c.seq, id: s.id, logprob: s.logprob, top: s.top.clone() });
-            if let Some(reason) = finish {
-                if let Some(seq) = self.remove(c.seq, blocks) {
-                    events.push(Event::Finished { seq: c.seq, generation: seq.into_generation(reason, now) });
-                }
+            let Some(ending) = ending else { continue };
+            if let Some(seq) = self.remove(c.seq, blocks) {
+                events.push(match ending {
+                    Ending::Finish(reason) => {
+                        Event::Finished { seq: c.seq, generation: seq.into_generation(reason, now) }
+                    }
+                    Ending::Fail(error) => Event::Failed { seq: c.seq, error },
+                });
             }
         }
         events

@@ -2,9 +2,10 @@
 //!
 //! A sequence is either a sampler (it generates) or the parent of a request with several samples: it
 //! computes the prompt but its last token once, never samples, and forks into its children when done.
+use super::constraint::Constraint;
 use super::{FinishReason, Generation, SeqId};
 use crate::model::{SampleSpec, Sampled};
-use crate::sample::SamplingParams;
+use crate::sample::{SamplingParams, TokenMask};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +32,15 @@ pub struct Sampler {
     top_logprobs: Vec<Vec<(u32, f32)>>,
     added: Instant,
     first_token: Option<Instant>,
+    /// A constrained sampler's constraint and the mask of its next token.
+    constrained: Option<(Box<dyn Constraint>, TokenMask)>,
+}
+
+/// Why a sampler ends after a token.
+pub enum Ending {
+    Finish(FinishReason),
+    /// Its constraint failed.
+    Fail(String),
 }
 
 pub struct Seq {
@@ -46,8 +56,17 @@ pub struct Seq {
 }
 
 impl Seq {
-    pub fn sampler(prompt: &[u32], state: State, params: SamplingParams, max_new: usize, stop_ids: Arc<[u32]>) -> Seq {
+    /// A sampler; `constrained` is its constraint with the mask of its first token.
+    pub fn sampler(
+        prompt: &[u32],
+        state: State,
+        params: SamplingParams,
+        max_new: usize,
+        stop_ids: Arc<[u32]>,
+        constrained: Option<(Box<dyn Constraint>, TokenMask)>,
+    ) -> Seq {
         let s = Sampler {
+            constrained,
             params,
             max_new,
             stop_ids,
@@ -100,10 +119,24 @@ impl Seq {
         }
     }
 
-    /// Appends a sampled token; returns why the sequence ends, if it does.
-    pub fn push(&mut self, sampled: &Sampled, now: Instant) -> Option<FinishReason> {
+    /// The tokens its next sample may pick, when it is constrained.
+    pub fn allowed(&self) -> Option<&TokenMask> {
+        match &self.role {
+            Role::Sampler(Sampler { constrained: Some((_, mask)), .. }) => Some(mask),
+            _ => None,
+        }
+    }
+
+    /// Appends a sampled token; returns why the sequence ends, if it does. A constrained sequence that goes
+    /// on commits the token to its constraint and takes the next mask.
+    pub fn push(&mut self, sampled: &Sampled, now: Instant) -> Option<Ending> {
         let Role::Sampler(s) = &mut self.role else { return None };
         let id = sampled.id;
+        if let Some((_, mask)) = &s.constrained {
+            if !mask.allows(id) {
+                return Some(Ending::Fail(format!("the backend sampled token {id}, which the constraint forbids")));
+            }
+        }
         self.tokens.push(id);
         self.decoding = true;
         s.logprobs.push(sampled.logprob);
@@ -112,11 +145,26 @@ impl Seq {
         }
         s.first_token.get_or_insert(now);
         if s.stop_ids.contains(&id) {
-            Some(FinishReason::Stop)
+            return Some(Ending::Finish(FinishReason::Stop));
         } else if s.logprobs.len() >= s.max_new {
-            Some(FinishReason::Length)
-        } else {
-            None
+            return Some(Ending::Finish(FinishReason::Length));
+        }
+        let (constraint, mask) = s.constrained.as_mut()?;
+        let next = constraint.commit(id).and_then(|()| constraint.allowed(&s.stop_ids));
+        match next {
+            Ok(next) if next.len() != mask.len() => Some(Ending::Fail(format!(
+                "the constraint gave a mask over {} tokens for a {}-token vocabulary",
+                next.len(),
+                mask.len()
+            ))),
+            Ok(next) if next.is_empty() => Some(Ending::Fail(format!(
+                "the constraint allows no token after token {id} (it is complete and the sequence has no stop token)"
+            ))),
+            Ok(next) => {
+                *mask = next;
+                None
+            }
+            Err(e) => Some(Ending::Fail(format!("the constraint failed after token {id}: {e:#}"))),
         }
     }
 

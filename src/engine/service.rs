@@ -10,6 +10,7 @@
 //! The update channels are tokio's unbounded ones: the engine thread sends without blocking or awaiting,
 //! and an async handler awaits them, so dropping the handler's future (hyper does when its client
 //! disconnects) drops the receiver and cancels the generation.
+use super::constraint::Constraints;
 use super::{Engine, EngineConfig, Event, Generation, Request, SeqId};
 use crate::model::{Model, Packed};
 use anyhow::{anyhow, Result};
@@ -50,6 +51,8 @@ pub struct ServiceLoad {
 enum Submission {
     Generate {
         req: Request,
+        /// One per sample, or none.
+        constraints: Constraints,
         /// One per sample of the request.
         replies: Vec<UnboundedSender<Update>>,
     },
@@ -99,8 +102,15 @@ impl EngineService {
 
     /// Adds `req` to the batch; one receiver per sample, in order.
     pub fn submit(&self, req: Request) -> Result<Vec<UnboundedReceiver<Update>>> {
+        self.submit_constrained(req, Vec::new())
+    }
+
+    /// [`EngineService::submit`] with a constraint per sample (or none: an empty list), as
+    /// [`Engine::add_constrained`] takes them; a constraint that cannot start fails its request's receivers.
+    pub fn submit_constrained(&self, req: Request, constraints: Constraints) -> Result<Vec<UnboundedReceiver<Update>>> {
         let (replies, receivers): (Vec<_>, Vec<_>) = req.samples.iter().map(|_| unbounded_channel()).unzip();
-        self.tx.send(Submission::Generate { req, replies }).map_err(|_| anyhow!("the engine thread has stopped"))?;
+        let s = Submission::Generate { req, constraints, replies };
+        self.tx.send(s).map_err(|_| anyhow!("the engine thread has stopped"))?;
         Ok(receivers)
     }
 
@@ -149,7 +159,7 @@ fn run(mut engine: Engine, rx: Receiver<Submission>, load: &Mutex<ServiceLoad>) 
         };
         for s in first.into_iter().chain(rx.try_iter()) {
             match s {
-                Submission::Generate { req, replies } => match engine.add(req) {
+                Submission::Generate { req, constraints, replies } => match engine.add_constrained(req, constraints) {
                     Ok(ids) => senders.extend(ids.into_iter().zip(replies)),
                     Err(e) => replies.iter().for_each(|r| drop(r.send(Update::Failed(format!("{e:#}"))))),
                 },
@@ -172,8 +182,9 @@ fn run(mut engine: Engine, rx: Receiver<Submission>, load: &Mutex<ServiceLoad>) 
                             (seq, Update::Token { id, logprob, top })
                         }
                         Event::Finished { seq, generation } => (seq, Update::Done(generation)),
+                        Event::Failed { seq, error } => (seq, Update::Failed(error)),
                     };
-                    let done = matches!(update, Update::Done(_));
+                    let done = matches!(update, Update::Done(_) | Update::Failed(_));
                     let gone = senders.get(&seq).is_none_or(|tx| tx.send(update).is_err());
                     if done {
                         senders.remove(&seq);
