@@ -63,13 +63,13 @@ struct TasksArgs {
     #[arg(long, default_value_t = 400)]
     test: usize,
     /// Operations per problem: at least this many...
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = mappa::arith::DEFAULT_MIN_STEPS)]
     min_steps: usize,
     /// ...and at most this many.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = mappa::arith::DEFAULT_MAX_STEPS)]
     max_steps: usize,
     /// Largest starting value and addend.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = mappa::arith::DEFAULT_MAGNITUDE)]
     magnitude: u64,
 }
 
@@ -317,7 +317,7 @@ fn read_prompt_lines(path: &Path) -> Result<Vec<PromptLine>> {
     Ok(out)
 }
 
-/// `mappa tasks`: the test split first, so later splits never change it, then validation and training.
+/// `mappa tasks`.
 fn write_tasks(a: &TasksArgs) -> Result<()> {
     let cfg = mappa::arith::ArithConfig {
         seed: a.seed,
@@ -325,14 +325,7 @@ fn write_tasks(a: &TasksArgs) -> Result<()> {
         max_steps: a.max_steps,
         magnitude: a.magnitude,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut taken = std::collections::HashSet::new();
-    for (split, (name, count)) in [("test", a.test), ("valid", a.valid), ("train", a.train)].into_iter().enumerate() {
-        let tasks = cfg.split(name, split as u64, count, &mut taken)?;
-        let path = a.out.join(format!("{name}.jsonl"));
-        let lines: Vec<String> = tasks.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
-        std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>())
-            .with_context(|| format!("writing {}", path.display()))?;
+    for (path, count) in cfg.write_splits(&a.out, [a.test, a.valid, a.train])? {
         eprintln!("{}: {count} problems", path.display());
     }
     Ok(())

@@ -181,6 +181,9 @@ fn quickstart_config_resolves_to_installed_files() {
     let cfg = Run::quickstart().unwrap();
     cfg.check_paths().unwrap();
     assert_eq!(cfg.agents.len(), 3);
+    let lines = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!((lines(&cfg.data.train), lines(&cfg.data.eval[0])), (200, 24), "generated problems");
+    assert!(cfg.reward_label().starts_with("rule-based process coach"), "a coach with signal: {}", cfg.reward_label());
     assert!(cfg.run.dir.as_ref().unwrap().starts_with("runs"));
 }
 

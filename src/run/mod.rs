@@ -75,20 +75,22 @@ impl Run {
     }
 
     /// The README's main job: `presets/quickstart.toml` with the SmolLM2 model tools/setup.sh installs as
-    /// agents and coach, the GSM8K problems this binary carries, and a fresh timestamped run directory.
+    /// agents, generated arithmetic problems (`mappa tasks`' defaults and seed 0: 200 to train on, 24 to
+    /// evaluate), the rule-based process coach, and a fresh timestamped run directory.
     pub fn quickstart() -> Result<RunConfig> {
         let home = crate::loader::setup_home().context("HOME or MAPPA_HOME must be set")?;
         let model = home.join(crate::loader::SMOLLM2_GGUF);
         ensure!(model.is_file(), "{} is missing: run `bash tools/setup.sh` first", model.display());
-        let data = home.join("data");
-        std::fs::create_dir_all(&data)?;
-        let (train, test) = (data.join("gsm8k_quickstart_train.jsonl"), data.join("gsm8k_quickstart_test.jsonl"));
-        std::fs::write(&train, include_str!("../presets/gsm8k_quickstart_train.jsonl"))?;
-        std::fs::write(&test, include_str!("../presets/gsm8k_quickstart_test.jsonl"))?;
+        let tasks = crate::arith::ArithConfig {
+            seed: 0,
+            min_steps: crate::arith::DEFAULT_MIN_STEPS,
+            max_steps: crate::arith::DEFAULT_MAX_STEPS,
+            magnitude: crate::arith::DEFAULT_MAGNITUDE,
+        };
+        let written = tasks.write_splits(&home.join("data/arith-quickstart"), [24, 0, 200])?;
         let mut cfg = RunConfig::from_toml_str(include_str!("../presets/quickstart.toml"), "presets/quickstart.toml")?;
-        cfg.run.base_model = Some(model.clone());
-        cfg.coach.model = Some(model.to_string_lossy().into_owned());
-        (cfg.data.train, cfg.data.eval) = (train, vec![test]);
+        cfg.run.base_model = Some(model);
+        (cfg.data.eval, cfg.data.train) = (vec![written[0].0.clone()], written[2].0.clone());
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         cfg.run.dir = Some(Path::new("runs").join(format!("quickstart-{now}")));
         Ok(cfg)
