@@ -150,10 +150,14 @@ impl Tokenizer {
     ) -> Result<String> {
         let ctx = minijinja::context! {
             messages => messages,
-            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+        };
+        // Without tools, `tools` stays undefined, as in `apply_chat_template`.
+        let ctx = match tools {
+            Some(tools) => minijinja::context! { tools => tools, ..ctx },
+            None => ctx,
         };
         self.env.get_template("chat")?.render(ctx).context("rendering the chat template")
     }

@@ -5,9 +5,13 @@ Checks what agent frameworks and harnesses call first: the model list, chat comp
 `n` choices, seeds, log-probs whose bytes rebuild the text with their top alternatives, stop strings, usage,
 and errors that the client turns into its typed exceptions with the offending `param`; and the legacy text
 completions an evaluation harness uses: plain, `echo` with prompt log-probs at `max_tokens=0` (scoring),
-`logprobs=5` alternatives, `n` with a seed, streamed.
+`logprobs=5` alternatives, `n` with a seed, streamed. Structured outputs: a `json_schema` response that parses
+and validates against its schema (a small hand-written check). Tools, on a second server whose model has a
+Qwen-style template: a forced call parsed into `tool_calls`, streamed too, and the conversation going on
+with the assistant's call and a `role: "tool"` answer.
 """
 import argparse
+import json
 import sys
 
 import openai
@@ -15,6 +19,8 @@ import openai
 p = argparse.ArgumentParser()
 p.add_argument("--base-url", required=True)
 p.add_argument("--model", required=True)
+p.add_argument("--tools-base-url", required=True)
+p.add_argument("--tools-model", required=True)
 args = p.parse_args()
 
 client = openai.OpenAI(base_url=args.base_url, api_key="unused", max_retries=0, timeout=120)
@@ -153,6 +159,89 @@ try:
     raise AssertionError("logprobs=21 was accepted")
 except openai.BadRequestError as e:
     check(e.body["param"] == "logprobs", f"logprobs=21: {e.body}")
+
+
+
+def validate(value, schema, path="$"):
+    """The few JSON-schema keywords the schemas below use: type, enum, minimum/maximum, properties,
+    required, additionalProperties: false."""
+    kinds = {"object": dict, "integer": int, "boolean": bool, "string": str}
+    if "enum" in schema:
+        check(value in schema["enum"], f"{path}: {value!r} not in {schema['enum']}")
+    if "type" in schema:
+        ok = isinstance(value, kinds[schema["type"]])
+        if schema["type"] == "integer":
+            ok = ok and not isinstance(value, bool)
+        check(ok, f"{path}: {value!r} is not {schema['type']}")
+    if "minimum" in schema:
+        check(value >= schema["minimum"], f"{path}: {value} < {schema['minimum']}")
+    if "maximum" in schema:
+        check(value <= schema["maximum"], f"{path}: {value} > {schema['maximum']}")
+    for key in schema.get("required", []):
+        check(key in value, f"{path}: {key} missing")
+    props = schema.get("properties", {})
+    if schema.get("additionalProperties") is False:
+        check(set(value) <= set(props), f"{path}: extra keys {set(value) - set(props)}")
+    for key, sub in props.items():
+        if key in value:
+            validate(value[key], sub, f"{path}.{key}")
+
+
+# The second server: the same tiny model with a Qwen-style template (tools) and a context of 1024.
+tclient = openai.OpenAI(base_url=args.tools_base_url, api_key="unused", max_retries=0, timeout=120)
+
+# Structured output: a json_schema response parses and validates, plain and streamed (on the second
+# server, whose context leaves a random model room to complete the object).
+schema = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 999},
+                   "colour": {"enum": ["red", "green"]}, "sure": {"type": "boolean"}},
+    "required": ["answer", "colour", "sure"],
+    "additionalProperties": False,
+}
+fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+r = tclient.chat.completions.create(model=args.tools_model, messages=messages, max_tokens=400, seed=5,
+                                    response_format=fmt)
+check(r.choices[0].finish_reason == "stop", f"json_schema finish: {r.choices[0]}")
+answer = json.loads(r.choices[0].message.content)
+validate(answer, schema)
+pieces = [c.choices[0].delta.content or "" for c in tclient.chat.completions.create(
+    model=args.tools_model, messages=messages, max_tokens=400, seed=5, response_format=fmt, stream=True) if c.choices]
+check(json.loads("".join(pieces)) == answer, f"streamed json_schema: {''.join(pieces)!r}")
+
+# Tools: a forced call comes back as tool_calls, and the conversation goes on with a tool message.
+weather = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "unit": {"enum": ["C", "F"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+force = {"type": "function", "function": {"name": "get_weather"}}
+r = tclient.chat.completions.create(model=args.tools_model, messages=ask, tools=[weather], tool_choice=force,
+                                    max_tokens=80, seed=3)
+call_msg = r.choices[0].message
+check(r.choices[0].finish_reason == "tool_calls" and call_msg.tool_calls, f"tool call: {r}")
+call = call_msg.tool_calls[0]
+check(call.type == "function" and call.function.name == "get_weather" and call.id, f"call: {call}")
+validate(json.loads(call.function.arguments), weather["function"]["parameters"])
+streamed_calls = {}
+for chunk in tclient.chat.completions.create(model=args.tools_model, messages=ask, tools=[weather], tool_choice=force,
+                                             max_tokens=80, seed=3, stream=True):
+    for c in chunk.choices:
+        for d in c.delta.tool_calls or []:
+            entry = streamed_calls.setdefault(d.index, {"name": "", "arguments": ""})
+            entry["name"] += d.function.name or ""
+            entry["arguments"] += d.function.arguments or ""
+check(streamed_calls == {0: {"name": "get_weather", "arguments": call.function.arguments}},
+      f"streamed call: {streamed_calls}")
+follow = ask + [call_msg, {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}]
+r = tclient.chat.completions.create(model=args.tools_model, messages=follow, tools=[weather], max_tokens=8,
+                                    temperature=0)
+check(isinstance(r.choices[0].message.content, str) and r.usage.prompt_tokens > 0, f"after the tool: {r}")
+try:
+    client.chat.completions.create(model=args.model, messages=messages, tools=[weather], max_tokens=4)
+    raise AssertionError("tools were accepted by a template without tool support")
+except openai.BadRequestError as e:
+    check(e.body["param"] == "tools" and "no tool support" in e.body["message"], f"no tool support: {e.body}")
 
 print("openai client checks passed")
 sys.exit(0)

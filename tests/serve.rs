@@ -239,9 +239,10 @@ fn openai_ranges_and_unsupported_fields() {
         ("presence_penalty", json!(0.5), "unsupported"),
         ("frequency_penalty", json!(-1), "unsupported"),
         ("logit_bias", json!({"42": 5}), "unsupported"),
+        // SmolLM2's template has no tool support (tests/serve_tools.rs serves one that has).
         ("tools", json!([{"type": "function", "function": {"name": "f"}}]), "unsupported"),
-        ("tool_choice", json!("required"), "unsupported"),
-        ("response_format", json!({"type": "json_object"}), "unsupported"),
+        ("tool_choice", json!("required"), "invalid_value"),
+        ("response_format", json!({"type": "xml"}), "invalid_value"),
     ];
     for (field, value, code) in refused {
         let mut body = greedy_body(4);
@@ -426,7 +427,8 @@ fn bad_requests_are_400_with_an_error_object() {
         (json!({"messages": user, "max_tokens": 1_000_000_000}).to_string(), "invalid_value"),
         (json!({"messages": user, "max_tokens": -5}).to_string(), "invalid_request"),
         (json!({"messages": user, "stop": 5}).to_string(), "invalid_request"),
-        (json!({"messages": [{"role": "tool", "content": "x"}]}).to_string(), "invalid_value"),
+        (json!({"messages": [{"role": "tool", "content": "x"}]}).to_string(), "unsupported"),
+        (json!({"messages": [{"role": "critic", "content": "x"}]}).to_string(), "invalid_value"),
         (json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(), "unsupported"),
         (json!({"messages": [{"role": "user", "content": long_prompt}]}).to_string(), "context_length_exceeded"),
     ];

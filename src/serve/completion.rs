@@ -85,7 +85,11 @@ impl Completion {
                 stop_ids: served.tok.stop_ids().to_vec(),
                 samples,
             };
-            let updates = served.engine.submit(req)?;
+            let constraints = match &job.grammar {
+                Some(g) => (0..job.n).map(|_| Some(g.constraint())).collect(),
+                None => Vec::new(),
+            };
+            let updates = served.engine.submit_constrained(req, constraints)?;
             ensure!(updates.len() == job.n, "the engine returned {} sequences for {} samples", updates.len(), job.n);
             out.extend(updates.into_iter().map(|updates| Completion {
                 prompt: p,

@@ -2,11 +2,14 @@
 //! checkpoint, or a .gguf file). Any OpenAI client, our own [`crate::coach::HttpCoach`] included, can then
 //! chat with a model or a checkpoint: to try it, to use it as a coach, to evaluate it.
 //!
-//! Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (text messages;
-//! `temperature` (0-2), `top_p`, `top_k`, `seed`, `max_tokens`/`max_completion_tokens`, `stop` (up to 4),
-//! `n` (up to 128, sharing the prompt's prefill), `logprobs` (with each token's exact bytes) and
-//! `top_logprobs` (0-20 alternatives per token), `stream`, `stream_options.include_usage`; penalties,
-//! `logit_bias`, `tools` and `response_format` are refused with a 400 unless neutral), `POST /v1/completions`
+//! Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (text messages, and
+//! `tool` messages and assistant `tool_calls`; `temperature` (0-2), `top_p`, `top_k`, `seed`,
+//! `max_tokens`/`max_completion_tokens`, `stop` (up to 4), `n` (up to 128, sharing the prompt's prefill),
+//! `logprobs` (with each token's exact bytes) and `top_logprobs` (0-20 alternatives per token), `stream`,
+//! `stream_options.include_usage`; `tools` with `tool_choice` none/auto/required/a named function, for
+//! models whose chat template writes Hermes/Qwen `<tool_call>` markup (`tools`); `response_format` text,
+//! `json_object` or `json_schema`, enforced by a grammar; penalties and `logit_bias` are refused with a 400
+//! unless neutral), `POST /v1/completions`
 //! (the legacy text endpoint evaluation harnesses use: a string, strings, token ids or lists of them as the
 //! prompt, `echo` with the prompt's log-probs, `logprobs: k` alternatives in OpenAI's legacy shape,
 //! `max_tokens` (default 16, and 0 to only score), the same sampling fields, `n`, `stop` and streaming),
@@ -17,7 +20,19 @@
 //! greedy (`crate::sample`): the model's raw log-softmax at OpenAI's default T = 1 and when greedy, the
 //! tempered one otherwise; a token's alternatives come from that same distribution, so its log-prob is
 //! exactly its own entry's among them. An echoed prompt is scored at the same T. They are streamed with the
-//! text they belong to, each token's bytes exactly its part of the returned text.
+//! text they belong to, each token's bytes exactly its part of the returned text. A constrained choice
+//! (`response_format`, a forced tool call) draws from the distribution its grammar's mask leaves
+//! (`crate::sample::sample_masked`), and its log-probs and alternatives are of that masked distribution: a
+//! token the grammar forces has log-prob 0, and only tokens the grammar allowed are alternatives.
+//!
+//! Constrained outputs: `response_format` `json_object` or `json_schema` (its `schema`; what llguidance
+//! cannot enforce is a 400, never ignored) and a forced tool call (`tool_choice` `required` or a function)
+//! compile a grammar (`crate::constrain`, llguidance) whose constraint each choice carries through the
+//! engine; its mask is applied where the token is sampled, on either backend (on CUDA the constrained row's
+//! logits are sampled on the host), and unconstrained requests in the same batch are unaffected. An output
+//! ends with a stop token once the grammar is complete; JSON may hold at most
+//! [`crate::constrain::JSON_MAX_WHITESPACE`] whitespace characters between two tokens. An output cut by
+//! `max_tokens` is `length` and may be incomplete.
 //!
 //! - `http`: hyper on a small tokio runtime, with a bounded number of connections and a timeout on every
 //!   stage a client controls (headers, idle keep-alive, the body, each write), so slow or stalled clients
@@ -28,7 +43,9 @@
 //! - `request`: the fields both endpoints share, validated into one job; `chat` and `completions`: each
 //!   endpoint's own fields and response; `completion`: one choice's text as it is generated, cut at stop
 //!   strings, with its tokens' log-probs; `logprobs`: tokens placed in their text, in both of OpenAI's
-//!   shapes; `stream`: Server-Sent Events for both; `error`: OpenAI's error objects; `metrics`: the counters.
+//!   shapes; `stream`: Server-Sent Events for both; `error`: OpenAI's error objects; `metrics`: the counters;
+//!   `tools`: `tools`/`tool_choice` validation, the tool-call format read from the chat template, the
+//!   markup parser and the forced-call grammar.
 //! - The token budget is `max_tokens` (else `--max-tokens` for chat, 16 for completions), capped by the room
 //!   the prompt leaves in the model's context; a prompt that leaves no room is a 400.
 //! - On the CUDA backend, `top_logprobs` are computed on the host from the row's logits; prompt log-probs
@@ -42,7 +59,9 @@ mod logprobs;
 mod metrics;
 mod request;
 mod stream;
+mod tools;
 
+use crate::constrain::Grammars;
 use crate::engine::{EngineConfig, EngineService};
 use crate::model::{Backend, BackendChoice};
 use crate::tokenizer::Tokenizer;
@@ -133,6 +152,10 @@ struct Served {
     /// Unix seconds at startup: the model's `created`.
     created: u64,
     metrics: metrics::Counters,
+    /// The grammar compiler for constrained outputs, or why there is none.
+    grammars: Result<Grammars, String>,
+    /// The tool-call markup of the model's chat template, or why tools cannot be served.
+    tool_format: Result<tools::ToolFormat, String>,
 }
 
 impl Served {
@@ -140,6 +163,11 @@ impl Served {
         let backend = crate::model::resolve_and_report(a.device, crate::model::Work::Inference, "mappa serve")?;
         let loaded = crate::loader::load(&a.model)?;
         let tok = Tokenizer::new(&loaded.tokenizer, &loaded.config)?;
+        let grammars = Grammars::new(&tok, loaded.config.vocab_size).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &grammars {
+            eprintln!("mappa serve: constrained outputs (response_format, forced tool calls) are off: {e}");
+        }
+        let tool_format = tools::ToolFormat::of(tok.chat_template());
         let model = crate::model::load(&loaded, backend)
             .with_context(|| format!("building the {backend} model from {}", a.model.display()))?;
         let cfg = EngineConfig { kv_fraction: a.kv_fraction, ..EngineConfig::default() };
@@ -155,6 +183,15 @@ impl Served {
             default_max_tokens: a.max_tokens,
             created: unix_now(),
             metrics: metrics::Counters::default(),
+            grammars,
+            tool_format,
+        })
+    }
+
+    /// The grammar compiler, or a 400 saying why constrained outputs are off.
+    fn grammars(&self) -> Result<&Grammars, ApiError> {
+        self.grammars.as_ref().map_err(|e| {
+            ApiError::invalid("unsupported", format!("constrained outputs are not available for this model: {e}"))
         })
     }
 

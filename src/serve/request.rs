@@ -4,6 +4,7 @@
 use super::completion::Outcome;
 use super::error::ApiError;
 use super::Served;
+use crate::constrain::Grammar;
 use crate::sample::{SamplingParams, MAX_TOP_LOGPROBS};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -69,6 +70,10 @@ pub struct Job {
     pub echo: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// The grammar every choice's output follows (`response_format`, a forced tool call), if any.
+    pub grammar: Option<Grammar>,
+    /// The output is parsed for tool calls (chat with `tools`).
+    pub tool_calls: bool,
 }
 
 /// OpenAI's bounds.
@@ -148,6 +153,8 @@ impl Common {
             echo: false,
             stream: self.stream.unwrap_or(false),
             include_usage: self.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            grammar: None,
+            tool_calls: false,
         })
     }
 

@@ -5,12 +5,18 @@
 //! pieces' log-probs together are exactly the non-streamed answer's. A failure after the headers went out
 //! becomes an error event. The body is pulled by hyper as the client reads: if the client goes away or
 //! stops reading (the write timeout), the body is dropped, and with it every choice's generation.
+//!
+//! A chat job that parses tool calls sends a choice's content only up to its first `<tool_call>` (a tail
+//! that may begin one is held back), then, at the end, its calls in one `tool_calls` delta and the finish
+//! reason `tool_calls`, or, if the markup does not parse, the held text as content (`tools::ToolStream`).
+//! Log-probs still come with the pieces their tokens settle, with or without content.
 use super::completion::{Completion, Echo, Outcome, Piece};
 use super::error::ApiError;
 use super::http::{Body, Reply};
 use super::logprobs::{chat_content, legacy};
 use super::metrics::Held;
 use super::request::{Api, Job};
+use super::tools::{tool_calls_json, ToolStream};
 use super::{completion_id, unix_now, Served};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, SelectAll};
@@ -37,8 +43,21 @@ pub fn response(served: Arc<Served>, job: Job, echoes: Vec<Echo>) -> Result<Repl
     }
     let running = served.metrics.completion();
     let left = job.choices();
-    let mut events =
-        Events { served, job, head, choices, left, outs: Vec::new(), queue: VecDeque::new(), _running: running };
+    let tool_streams = match job.tool_calls && job.api == Api::Chat {
+        true => (0..left).map(|_| Some(ToolStream::default())).collect(),
+        false => Vec::new(),
+    };
+    let mut events = Events {
+        served,
+        job,
+        head,
+        choices,
+        left,
+        outs: Vec::new(),
+        queue: VecDeque::new(),
+        tool_streams,
+        _running: running,
+    };
     if events.job.api == Api::Chat {
         for index in 0..left {
             events.push_choice(json!({"index": index, "delta": {"role": "assistant", "content": ""},
@@ -92,6 +111,8 @@ struct Events {
     outs: Vec<Outcome>,
     /// Events ready to send.
     queue: VecDeque<Bytes>,
+    /// Per choice, when tool calls are parsed: its text held from the first `<tool_call>` on.
+    tool_streams: Vec<Option<ToolStream>>,
     _running: Held,
 }
 
@@ -114,7 +135,13 @@ impl Events {
         }
     }
 
-    fn push_piece(&mut self, index: usize, piece: Piece) {
+    fn push_piece(&mut self, index: usize, mut piece: Piece) {
+        if let Some(Some(ts)) = self.tool_streams.get_mut(index) {
+            piece.text = ts.feed(&piece.text);
+            if piece.text.is_empty() && piece.tokens.is_empty() {
+                return;
+            }
+        }
         let tok = &self.served.tok;
         let logprobs = match (self.job.logprobs, self.job.api) {
             (false, _) => Value::Null,
@@ -131,8 +158,21 @@ impl Events {
 
     fn finish_choice(&mut self, index: usize, out: Outcome) {
         self.served.metrics.completed(self.job.prompts[out.prompt].ids.len(), out.completion_tokens);
+        let mut finish = out.finish;
+        if let Some(ts) = self.tool_streams.get_mut(index).and_then(Option::take) {
+            let delta = match ts.finish() {
+                Ok(calls) => {
+                    finish = "tool_calls";
+                    json!({"tool_calls": tool_calls_json(&calls, true)})
+                }
+                Err(rest) => json!({"content": rest}),
+            };
+            if delta != json!({"content": ""}) {
+                self.push_choice(json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": null}));
+            }
+        }
         let choice = match self.job.api {
-            Api::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": out.finish}),
+            Api::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish}),
             Api::Text => json!({"index": index, "text": "", "logprobs": null, "finish_reason": out.finish}),
         };
         self.push_choice(choice);

@@ -27,10 +27,15 @@ pub struct Served {
 impl Served {
     /// Writes the tiny model to a temporary directory and serves it on a free port with `extra` flags.
     pub fn start(extra: &[&str]) -> Served {
+        Served::start_with(&super::tiny_chat_model(SEED), MODEL, extra)
+    }
+
+    /// Writes `model` to a temporary directory named `name` (the id it is served as) and serves it.
+    pub fn start_with(model: &mappa::loader::LoadedModel, name: &str, extra: &[&str]) -> Served {
         let dir = tempfile::tempdir().expect("temp dir");
-        let model = dir.path().join(MODEL);
-        mappa::hf::write_dir(&super::tiny_chat_model(SEED), &model, DType::F32).expect("writing the model");
-        Served::spawn(model, Some(dir), extra)
+        let path = dir.path().join(name);
+        mappa::hf::write_dir(model, &path, DType::F32).expect("writing the model");
+        Served::spawn(path, Some(dir), extra)
     }
 
     /// Serves `model` on a free port; `dir` is deleted when the server is dropped.
