@@ -9,7 +9,8 @@
 //! with a stop token the moment its output is whole, or runs out of budget.
 //!
 //! A local coach whose reply must end in a valid score line, for example, builds once
-//! `grammars.regex(r"(?s:.{0,2000}?)\nPROCESS_SCORE: (10|[0-9])")` and gives each request's sample
+//! `grammars.regex(r"(?s:.{0,2000})\nPROCESS_SCORE: (10|[0-9])")` (at most 2000 characters, then the score
+//! line, then a stop token: tests/constrained.rs checks it) and gives each request's sample
 //! `grammar.constraint()` through [`crate::engine::generate_batch_constrained`].
 //!
 //! JSON schemas are compiled with at most [`JSON_MAX_WHITESPACE`] whitespace characters between two JSON

@@ -256,3 +256,32 @@ fn a_failing_constraint_ends_its_sequence_alone() {
     let refused: Vec<Option<Box<dyn Constraint>>> = vec![Some(Box::new(Failing(2)))];
     assert!(engine.add_constrained(request(prompt, 8, vec![SamplingParams::default()]), refused).is_err());
 }
+
+/// What a local coach would use (module docs of `mappa::constrain`): any reply that ends in a valid score
+/// line, and only such a reply.
+#[test]
+fn a_coach_reply_grammar_ends_in_a_score_line() {
+    let (m, tok, grammars) = model();
+    let coach = grammars.regex(r"(?s:.{0,2000})\nPROCESS_SCORE: (10|[0-9])").unwrap();
+    assert!(coach.accepts(tok, "The code ran and printed 42.\nPROCESS_SCORE: 10").unwrap());
+    assert!(coach.accepts(tok, "Two lines.\nStill fine.\nPROCESS_SCORE: 3").unwrap());
+    for bad in ["PROCESS_SCORE: 7", "Good.\nPROCESS_SCORE: 11", "Good.\nPROCESS_SCORE: 7 because", "Good."] {
+        assert!(!coach.accepts(tok, bad).unwrap(), "{bad:?}");
+    }
+    // A random model constrained this way stops only after a score line; otherwise the budget cuts it.
+    let samples: Vec<SamplingParams> = (0..4).map(|s| params(1.0, 0, 1.0, 70 + s, 0)).collect();
+    let out = generate_batch_constrained(
+        m,
+        vec![request(chat_prompt(tok, "Score."), 30, samples)],
+        vec![constraints(&coach, 4)],
+        &EngineConfig::default(),
+    )
+    .unwrap();
+    for g in &out[0] {
+        let t = text(g);
+        match g.finish {
+            mappa::engine::FinishReason::Stop => assert!(coach.accepts(tok, &t).unwrap(), "{t:?}"),
+            mappa::engine::FinishReason::Length => assert!(g.tokens.len() == 30),
+        }
+    }
+}

@@ -156,6 +156,39 @@ fn smollm2_batch_of_64_equals_one_at_a_time() {
     }
 }
 
+/// Constrained rows (a JSON grammar's token mask) are sampled on the host from their downloaded logits: every
+/// token they draw is one the mask allows (the engine fails a sequence that draws outside it), a completed
+/// output parses, and a free request in the same batch draws exactly as it does alone.
+#[test]
+fn constrained_rows_keep_their_grammar_and_leave_free_rows_alone() {
+    let Some(m) = gpu_model("constrained_rows_keep_their_grammar_and_leave_free_rows_alone") else { return };
+    let (_, tok) = common::smollm2();
+    let grammars = mappa::constrain::Grammars::new(tok, m.config().vocab_size).unwrap();
+    let json = grammars.json_object().unwrap();
+    let sampled = |seed| SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed, top_logprobs: 2 };
+    let req = |i: usize, samples| Request {
+        prompt: prompt(i),
+        max_new_tokens: 40,
+        stop_ids: tok.stop_ids().to_vec(),
+        samples,
+    };
+    let cfg = EngineConfig::default();
+    let alone = generate_batch(m, vec![req(3, vec![sampled(5)])], &cfg).unwrap().remove(0).remove(0);
+    let reqs = vec![req(1, vec![greedy(), sampled(1)]), req(3, vec![sampled(5)]), req(3, vec![sampled(6)])];
+    let constraints =
+        vec![vec![Some(json.constraint()), Some(json.constraint())], Vec::new(), vec![Some(json.constraint())]];
+    let out = mappa::engine::generate_batch_constrained(m, reqs, constraints, &cfg).unwrap();
+    assert_eq!((&out[1][0].tokens, &out[1][0].logprobs), (&alone.tokens, &alone.logprobs), "the free request");
+    for g in [&out[0][0], &out[0][1], &out[2][0]] {
+        let text = tok.decode(&g.tokens, true).unwrap();
+        assert!(text.trim_start().starts_with('{'), "{text:?}");
+        if g.finish == mappa::engine::FinishReason::Stop {
+            assert!(serde_json::from_str::<serde_json::Value>(&text).unwrap().is_object(), "{text:?}");
+        }
+        assert!(g.top_logprobs.iter().flatten().all(|&(_, lp)| lp <= 0.0));
+    }
+}
+
 /// A wrong pool, an id outside the vocabulary or a block outside the pool is an error, not a fault.
 #[test]
 fn cuda_step_rejects_bad_input() {
