@@ -659,9 +659,36 @@ fn local_coach_batch_replies_equal_single_replies() {
         assert!(b.starts_with(&prefix), "{b:?}");
         assert_eq!(&coach.complete(m).unwrap(), b, "a batched reply equals the prompt's reply alone");
     }
-    // Scoring goes through the same path: one outcome per action, in order.
+    // Scoring goes through the same path: one outcome per action, in order, and the constrained reply
+    // (a random model!) always parses.
     let outcomes = Coach::new(coach, prompt, None).score_all(reqs, 1);
     assert_eq!(outcomes.len(), 3);
+    assert!(outcomes.iter().all(|o| matches!(o, CoachOutcome::Scored { attempts: 1, .. })), "{outcomes:?}");
+}
+
+/// Without a reply prefix, a sampled local coach (here a random model, which never writes the format by
+/// itself) writes free analysis and then a score line that the constraint leaves room for: every action is
+/// scored at the first attempt. A budget too small for the score line is refused when the coach is built.
+#[test]
+fn constrained_local_coach_always_ends_in_a_score_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = common::tiny_chat_model(7);
+    m.config.max_position_embeddings = 2048;
+    mappa::hf::write_dir(&m, dir.path(), mappa::tensor::DType::F32).unwrap();
+    let load = |max_tokens| LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, max_tokens, 1.0, None, LocalScoring::Sampled);
+    let err = load(10).err().expect("10 tokens cannot hold a score line").to_string();
+    assert!(err.contains("no room for the score line"), "{err}");
+    let coach = load(40).unwrap();
+    let prompt = CoachPrompt::new(MATHCHAT_TEMPLATE, DEFAULT_TOOL_OUTPUT_LIMIT).unwrap();
+    let reqs: Vec<CoachRequest> = (0..6).map(|i| request("solver", &format!("attempt {i}: 2 + 3 = 5"))).collect();
+    let messages: Vec<Vec<ChatMessage>> = reqs.iter().map(|r| prompt.render(r).unwrap()).collect();
+    for m in &messages {
+        let reply = coach.complete(m).unwrap();
+        let last = reply.lines().last().unwrap_or_default();
+        assert!(last.starts_with("PROCESS_SCORE: ") && parse_score(&reply).is_ok(), "{reply:?}");
+    }
+    let outcomes = Coach::new(coach, prompt, None).score_all(reqs, 1);
+    assert!(outcomes.iter().all(|o| matches!(o, CoachOutcome::Scored { attempts: 1, .. })), "{outcomes:?}");
 }
 
 /// The probability-weighted score from hand-made distributions: digits with and without a leading space

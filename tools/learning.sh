@@ -38,7 +38,7 @@ for s in ${SET:-}; do sets+=(--set "$s"); done
 dataset=$SPLIT-$N
 
 # Whether run directory $1 holds its evaluation of $dataset at step $2.
-evaluated() { [ -f "$1/eval_problems.jsonl" ] && grep -q "\"dataset\":\"$dataset\".*\"step\":$2}" "$1/eval_problems.jsonl"; }
+evaluated() { [ -f "$1/eval_problems.jsonl" ] && grep -q "\"dataset\":\"$dataset\".*\"step\":$2[,}]" "$1/eval_problems.jsonl"; }
 
 arm_specs=()
 for arm in $ARMS; do

@@ -6,6 +6,11 @@
 //! a model too small to follow the answer format by itself. The prefix is part of the returned reply, so
 //! the strict parser still checks the whole answer, and the exchange is logged as it happened.
 //!
+//! [`LocalScoring::Sampled`] replies are constrained (llguidance, `crate::constrain`) to end in a valid score
+//! line, so the format cannot fail: after a prefix that ends in `PROCESS_SCORE:` the model may write only a
+//! score (0-10); otherwise up to `max_tokens - 24` characters of analysis, then `\nPROCESS_SCORE: ` and a
+//! score, which always fits the budget (a token holds at least one character).
+//!
 //! [`LocalScoring::Expected`] does not sample a score: it reads the coach's next-token probabilities after
 //! the prefix and replies with the probability-weighted mean over the scores 0..10 (G-Eval's weighting). A
 //! small coach then never fails the format, and its score is graded instead of a coin flip between digits.
@@ -16,7 +21,8 @@
 //! action goes unscored. The reply shows the distribution and ends in a `PROCESS_SCORE:` line for the
 //! parser.
 use super::{CoachBackend, CoachRequest};
-use crate::engine::{generate_batch, EngineConfig, Generation, Request};
+use crate::constrain::{Grammar, Grammars};
+use crate::engine::{generate_batch_constrained, Constraints, EngineConfig, Generation, Request};
 use crate::model::{Backend, Model};
 use crate::sample::{SamplingParams, MAX_TOP_LOGPROBS};
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -36,6 +42,9 @@ pub enum LocalScoring {
 
 /// Least probability the scores 0..10 must hold together for an expected score.
 const MIN_SCORE_MASS: f64 = 0.5;
+/// Tokens a sampled reply keeps for its score line after free analysis ("\nPROCESS_SCORE: 10" is 18
+/// characters, so at most 18 tokens).
+const SCORE_LINE_TOKENS: usize = 24;
 
 pub struct LocalCoach {
     model: Box<dyn Model>,
@@ -44,6 +53,8 @@ pub struct LocalCoach {
     temperature: f32,
     reply_prefix: Option<String>,
     scoring: LocalScoring,
+    /// What a sampled reply must be (module docs); None for expected scores.
+    grammar: Option<Grammar>,
 }
 
 impl LocalCoach {
@@ -58,7 +69,14 @@ impl LocalCoach {
         let m = crate::loader::load(path).with_context(|| format!("loading the coach model {}", path.display()))?;
         let tok = Tokenizer::new(&m.tokenizer, &m.config)?;
         let model = crate::model::load(&m, backend)?;
-        Ok(LocalCoach { model, tok, max_tokens, temperature, reply_prefix, scoring })
+        let grammar = match scoring {
+            LocalScoring::Sampled => {
+                let rx = score_regex(reply_prefix.as_deref().unwrap_or_default(), max_tokens)?;
+                Some(Grammars::new(&tok, m.config.vocab_size)?.regex(&rx)?)
+            }
+            LocalScoring::Expected => None,
+        };
+        Ok(LocalCoach { model, tok, max_tokens, temperature, reply_prefix, scoring, grammar })
     }
 
     /// The engine requests for one coach prompt (the reply prefix already fed): one generation, or for an
@@ -112,6 +130,25 @@ impl LocalCoach {
     }
 }
 
+/// The regular expression a sampled reply (after `prefix`) must match to end in a valid score line within
+/// `max_tokens` tokens.
+fn score_regex(prefix: &str, max_tokens: usize) -> Result<String> {
+    let key = format!("{}:", super::SCORE_KEY);
+    let score = "(10|[0-9])";
+    if prefix.ends_with(&key) {
+        return Ok(format!(" {score}"));
+    }
+    if prefix.ends_with(&format!("{key} ")) {
+        return Ok(score.to_string());
+    }
+    ensure!(
+        max_tokens >= SCORE_LINE_TOKENS,
+        "coach.max_tokens = {max_tokens} leaves no room for the score line (at least {SCORE_LINE_TOKENS}, or a \
+         reply_prefix ending in `{key}`)"
+    );
+    Ok(format!("(?s:.{{0,{}}}?)\n{key} {score}", max_tokens - SCORE_LINE_TOKENS))
+}
+
 /// The expected score and the normalised probability of each score 0..10, from the alternatives (decoded
 /// text, log-prob) of the first token after the prefix and of the token after a "1" (module docs).
 pub fn expected_score(first: &[(String, f32)], after_one: &[(String, f32)]) -> Result<(f64, [f64; 11])> {
@@ -153,8 +190,11 @@ impl CoachBackend for LocalCoach {
         // Prompts that cannot be built fail alone; the rest run as one batch.
         let built: Vec<Result<Vec<Request>>> = exchanges.iter().map(|(_, m)| self.requests(m)).collect();
         let ok: Vec<Request> = built.iter().filter_map(|r| r.as_ref().ok()).flatten().cloned().collect();
-        let generated: Result<Vec<Generation>> = generate_batch(self.model.as_ref(), ok, &EngineConfig::default())
-            .map(|g| g.into_iter().map(|mut samples| samples.remove(0)).collect());
+        let constraints: Vec<Constraints> =
+            ok.iter().map(|_| self.grammar.iter().map(|g| Some(g.constraint())).collect()).collect();
+        let generated: Result<Vec<Generation>> =
+            generate_batch_constrained(self.model.as_ref(), ok, constraints, &EngineConfig::default())
+                .map(|g| g.into_iter().map(|mut samples| samples.remove(0)).collect());
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let mut next = 0;
         built
