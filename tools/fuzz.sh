@@ -5,7 +5,8 @@
 #     AFL++ and its runtime (under ~/.local/share/afl.rs), so a second run only builds the targets;
 #   * builds the targets (CPU-only: no CUDA kernels, parsing does not need them) into $FUZZ_TARGET_DIR, default
 #     $MAPPA_FUZZ_HOME/target: outside the checkout so that CI's fresh clone rebuilds only mappa and the targets,
-#     not every dependency (a cold build takes about 8 minutes on 2 cores);
+#     not every dependency (a cold install and build took 8 to 18 minutes on this 2-core machine, shared with
+#     other builds; a warm one, rebuilding mappa, one to two);
 #   * runs each target, one at a time, for FUZZ_SECONDS (default 25) from its committed seeds in
 #     fuzz/corpus/<target>/ with its dictionary fuzz/dict/<target>.dict; findings land in fuzz/out/<target>/;
 #   * prints target / execs / paths / crashes / hangs, and exits non-zero when any target crashed (each crashing
@@ -53,6 +54,9 @@ cp Cargo.lock fuzz/Cargo.lock
 (cd fuzz && env -u NVCC -u CUDA_HOME -u CUDA_PATH -u REQUIRE_CUDA_KERNELS MAPPA_HOME="$no_cuda" \
   CARGO_TARGET_DIR="$TARGET_DIR" cargo afl build --release --quiet $(printf -- '--bin %s ' $TARGETS))
 
+built_at=$SECONDS
+log "ready in ${built_at}s (install and build)"
+
 # ---- run each target for its bounded time
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1 \
   AFL_FAST_CAL=1 AFL_NO_CRASH_README=1
@@ -62,7 +66,7 @@ export TMPDIR="$scratch" # the targets' scratch files (fuzz/src/lib.rs)
 
 fail=0
 rows=()
-stat() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$2" 2>/dev/null || true; }
+field() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$2" 2>/dev/null || true; }
 for t in $TARGETS; do
   bin="$TARGET_DIR/release/$t"
   out="$OUT/$t"
@@ -109,7 +113,7 @@ for t in $TARGETS; do
       log "$t: slow input $f (over ${TIMEOUT_MS} ms under AFL, ${took}s alone, exit $rc): not counted as a hang"
     fi
   done
-  rows+=("$t $(stat execs_done "$stats") $(stat corpus_count "$stats") $crashes $hangs")
+  rows+=("$t $(field execs_done "$stats") $(field corpus_count "$stats") $crashes $hangs")
 done
 
 printf '%-16s %10s %7s %8s %6s\n' target execs paths crashes hangs
@@ -117,8 +121,9 @@ for r in "${rows[@]}"; do
   # shellcheck disable=SC2086
   printf '%-16s %10s %7s %8s %6s\n' $r
 done
+timing="build ${built_at}s, fuzzing $((SECONDS - built_at))s"
 if [ $fail -ne 0 ]; then
-  log "FAILED: a target crashed, hung or could not run (inputs and logs under $OUT)"
+  log "FAILED: a target crashed, hung or could not run ($timing; inputs and logs under $OUT)"
   exit 1
 fi
-log "no crashes, no hangs"
+log "no crashes, no hangs ($timing)"
