@@ -220,16 +220,11 @@ fn message(job: &Job, out: &Outcome) -> (Value, &'static str) {
 
 /// A non-streamed answer: a `chat.completion` object with `n` choices.
 pub async fn completion(served: &Served, job: &Job) -> Result<Value, ApiError> {
-    let generated = async {
-        let runs = Completion::start(served, job, Vec::new())?.into_iter().map(|c| c.run(&served.tok));
-        futures_util::future::try_join_all(runs).await
-    };
-    let outs = generated.await.map_err(|e| ApiError::generation(&e))?;
+    let outs = Completion::run_all(served, job, Vec::new()).await?;
     let choices: Vec<Value> = outs
         .iter()
         .enumerate()
         .map(|(index, out)| {
-            served.metrics.completed(job.prompts[out.prompt].ids.len(), out.completion_tokens);
             let (message, finish) = message(job, out);
             json!({
                 "index": index,

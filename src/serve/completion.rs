@@ -7,6 +7,7 @@
 //!
 //! An echoed prompt ([`Echo`], completions only) is the choice's first piece, with its own tokens; the
 //! generated tokens' offsets then count from the start of the echoed text.
+use super::error::ApiError;
 use super::logprobs::{Aligner, Token};
 use super::request::Job;
 use super::Served;
@@ -187,6 +188,19 @@ impl Completion {
     pub async fn run(mut self, tok: &Tokenizer) -> Result<Outcome> {
         while self.next(tok).await?.is_some() {}
         Ok(self.outcome())
+    }
+
+    /// Every completion of `job` run to its end, for a non-streamed answer, each counted in the metrics.
+    pub async fn run_all(served: &Served, job: &Job, echoes: Vec<Echo>) -> Result<Vec<Outcome>, ApiError> {
+        let generated = async {
+            let runs = Completion::start(served, job, echoes)?.into_iter().map(|c| c.run(&served.tok));
+            futures_util::future::try_join_all(runs).await
+        };
+        let outs = generated.await.map_err(|e| ApiError::generation(&e))?;
+        for out in &outs {
+            served.metrics.completed(job.prompts[out.prompt].ids.len(), out.completion_tokens);
+        }
+        Ok(outs)
     }
 
     /// What was generated, once [`Completion::next`] returned None.

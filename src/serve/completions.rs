@@ -154,16 +154,11 @@ async fn echoes(served: &Served, job: &Job) -> Result<Vec<Echo>, ApiError> {
 
 /// A non-streamed answer: a `text_completion` object with every prompt's `n` choices.
 async fn completion(served: &Served, job: &Job, echoes: Vec<Echo>) -> Result<Value, ApiError> {
-    let generated = async {
-        let runs = Completion::start(served, job, echoes)?.into_iter().map(|c| c.run(&served.tok));
-        futures_util::future::try_join_all(runs).await
-    };
-    let outs = generated.await.map_err(|e| ApiError::generation(&e))?;
+    let outs = Completion::run_all(served, job, echoes).await?;
     let choices: Vec<Value> = outs
         .iter()
         .enumerate()
         .map(|(index, out)| {
-            served.metrics.completed(job.prompts[out.prompt].ids.len(), out.completion_tokens);
             json!({
                 "index": index,
                 "text": out.text,
