@@ -503,6 +503,13 @@ fn process_rule_coach_checks_each_action() {
     assert_eq!(coach.score_action(&text_action("Verifier", "\\boxed{41}")), scored(0.0, 1), "final: right or not");
     let reason = unscored_reason(coach.score_action(&request("Problem Solver", "\\boxed{42}")));
     assert!(reason.contains("need the ground truth"), "{reason}");
+
+    // With the last-number fallback (as the final answer is graded), an unboxed answer counts.
+    let lenient = Coach::new(RuleCoach::new("Verifier", OtherAgents::Process, true).unwrap(), CoachPrompt::default(), None);
+    assert_eq!(lenient.score_action(&text_action("Problem Solver", "The answer is 42.")), scored(10.0, 1));
+    assert_eq!(lenient.score_action(&text_action("Problem Solver", "The answer is 41.")), scored(2.0, 1));
+    assert_eq!(lenient.score_action(&text_action("Problem Solver", "I do not know.")), scored(0.0, 1));
+    assert_eq!(lenient.score_action(&text_action("Problem Solver", "It is 41, so \\boxed{42}")), scored(10.0, 1));
 }
 
 // ---------------------------------------------------------------------------------------------

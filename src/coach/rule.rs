@@ -7,13 +7,14 @@
 //!   caller to set `ground_truth` on non-final requests too; without it they get the default.
 //! - [`OtherAgents::Process`] (the process coach of math pipelines) scores each action on what can be
 //!   checked in it: an action that ran code gets 10 if its output's last number is the answer, 3 if it ran
-//!   but printed something else, 0 if it failed; an action without code gets 10 for a correct boxed answer,
-//!   2 for a wrong one, 0 for none. It needs the ground truth on every request.
+//!   but printed something else, 0 if it failed; an action without code gets 10 for a correct answer, 2 for
+//!   a wrong one, 0 for none, its answer read as the final one is (the last `\boxed{}`, else with
+//!   `last_number_fallback` the last number). It needs the ground truth on every request.
 //!
 //! The verdict is written as a `PROCESS_SCORE:` reply and goes through the same parser as a model's.
 use super::parse::{MAX_SCORE, SCORE_KEY};
 use super::{CoachBackend, CoachRequest};
-use crate::grade::{extract_boxed, grade};
+use crate::grade::{extract_answer, grade};
 use crate::sandbox::TOOL_ERROR;
 use crate::tokenizer::ChatMessage;
 use anyhow::{bail, ensure, Result};
@@ -70,7 +71,7 @@ impl RuleCoach {
                 };
                 match &req.tool_output {
                     Some(out) => code_verdict(out, gold),
-                    None => boxed_verdict(&req.agent_output, gold),
+                    None => answer_verdict(&req.agent_output, gold, self.last_number_fallback),
                 }
             }
         })
@@ -90,12 +91,13 @@ fn code_verdict(tool_output: &str, gold: &str) -> (f32, &'static str) {
     }
 }
 
-/// An action without code, by its boxed answer.
-fn boxed_verdict(output: &str, gold: &str) -> (f32, &'static str) {
-    match (grade(output, gold, false), extract_boxed(output).is_some()) {
-        (true, _) => (10.0, "its boxed answer is correct"),
-        (false, true) => (2.0, "its boxed answer is wrong"),
-        (false, false) => (0.0, "it gave no boxed answer"),
+/// An action without code, by its answer: the last `\boxed{}`, or with `last_number_fallback` (as the final
+/// answer is graded) the last number.
+fn answer_verdict(output: &str, gold: &str, last_number_fallback: bool) -> (f32, &'static str) {
+    match (grade(output, gold, last_number_fallback), extract_answer(output, last_number_fallback).is_some()) {
+        (true, _) => (10.0, "its answer is correct"),
+        (false, true) => (2.0, "its answer is wrong"),
+        (false, false) => (0.0, "it gave no answer"),
     }
 }
 
