@@ -3,8 +3,12 @@
 //! rollout's log-probs of the action tokens, the coach's reward):
 //!
 //! 1. reference log-probs of every action token from the frozen reference model;
-//! 2. per-token rewards -beta*KL + the action's reward on its last token, returns and advantages normalised
-//!    over all of this agent's samples of the step (`rl::compute_advantages`);
+//! 2. per-token rewards -beta*KL + the action's outcome term on its last token, and advantages
+//!    (`rl::compute_advantages`, by `rl.estimator`): REINFORCE++ normalises the returns over all of this
+//!    agent's samples of the step; GRPO and RLOO take the baseline from the sample's group (the samples
+//!    of the same prompt: [`SampleGroup`], given to [`Trainer::train_step_grouped`]). Without groups
+//!    ([`Trainer::train_step`]) every sample is its own group, so under GRPO and RLOO its outcome term is
+//!    0 and only the KL penalty is left to learn from;
 //! 3. for each epoch, the samples in a seeded shuffle, cut into mini-batches of `samples_per_optimizer_step`;
 //!    per mini-batch, micro-batches of packed samples (up to `micro_batch_tokens`) go forward, through the
 //!    clipped policy-gradient loss and backward into one gradient buffer, weighted so the sum is the
@@ -20,6 +24,7 @@ use anyhow::{ensure, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -47,6 +52,11 @@ impl Sample {
         self.prompt_len - 1..self.tokens.len() - 1
     }
 }
+
+/// A sample's group under GRPO and RLOO: `(task index, turn)`. A trainer is one agent's, so equal keys
+/// are that agent's action at the same turn on the same task, across the task's `rl.samples_per_prompt`
+/// episodes.
+pub type SampleGroup = (usize, usize);
 
 #[derive(Clone, Debug)]
 pub struct TrainerConfig {
@@ -113,10 +123,24 @@ impl Trainer {
         self.model.save_optimizer(path)
     }
 
-    /// One rollout step's update for this agent (module docs); `reference` is the frozen reference model,
-    /// `seed` picks the shuffle.
+    /// One rollout step's update for this agent (module docs) with every sample its own group (GRPO and
+    /// RLOO: outcome term 0); `reference` is the frozen reference model, `seed` picks the shuffle.
     pub fn train_step(&mut self, samples: &[Sample], reference: &dyn Model, seed: u64) -> Result<TrainStats> {
+        self.train_step_grouped(samples, None, reference, seed)
+    }
+
+    /// [`Trainer::train_step`] with each sample's group (one per sample), the baseline of GRPO and RLOO.
+    pub fn train_step_grouped(
+        &mut self,
+        samples: &[Sample],
+        groups: Option<&[SampleGroup]>,
+        reference: &dyn Model,
+        seed: u64,
+    ) -> Result<TrainStats> {
         let start = Instant::now();
+        if let Some(g) = groups {
+            ensure!(g.len() == samples.len(), "{} groups for {} samples", g.len(), samples.len());
+        }
         for (i, s) in samples.iter().enumerate() {
             ensure!(
                 s.prompt_len > 0 && s.action_len() > 0,
@@ -135,7 +159,7 @@ impl Trainer {
         }
         let logp_ref = self.logprobs(reference, samples)?;
         let logp_old: Vec<f32> = samples.iter().flat_map(|s| s.logp_old.iter().copied()).collect();
-        let actions = action_segments(samples);
+        let actions = action_segments(samples, groups);
         let adv = compute_advantages(&logp_old, &logp_ref, &actions, 1, &self.cfg.advantage)?;
         (stats.kl, stats.reward_mean) = (adv.per_agent[0].mean_kl, adv.per_agent[0].mean_reward);
 
@@ -260,12 +284,18 @@ fn token_spans(samples: &[Sample]) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// One action per sample over the concatenated action-token arrays (agent 0: a trainer is one agent).
-fn action_segments(samples: &[Sample]) -> Vec<Action> {
+/// One action per sample over the concatenated action-token arrays (agent 0: a trainer is one agent), its
+/// group the index of its key's first appearance (without keys, its own index).
+fn action_segments(samples: &[Sample], groups: Option<&[SampleGroup]>) -> Vec<Action> {
+    let mut ids: HashMap<SampleGroup, usize> = HashMap::new();
     token_spans(samples)
         .into_iter()
         .zip(samples)
-        .map(|(r, s)| Action { offset: r.start, len: r.len(), agent: 0, reward: s.reward, truncated: s.truncated })
+        .enumerate()
+        .map(|(i, (r, s))| {
+            let group = groups.map_or(i, |g| *ids.entry(g[i]).or_insert(i));
+            Action { offset: r.start, len: r.len(), agent: 0, reward: s.reward, truncated: s.truncated, group }
+        })
         .collect()
 }
 
@@ -322,6 +352,7 @@ impl Packing {
                 agent: 0,
                 reward: s.reward,
                 truncated: s.truncated,
+                group: i, // the loss ignores groups
             });
             p.tokens.extend_from_slice(&s.tokens);
             p.seq_lens.push(s.tokens.len());

@@ -2,11 +2,12 @@
 //! against plain f64 implementations written here with explicit nested loops (per action, per agent,
 //! per token, O(len^2) returns) on seeded random packed batches, against hand-computed numbers, against
 //! central finite differences of the loss, and on the edge cases (one-token actions, equal returns,
-//! agents without valid tokens, bad segments).
+//! agents without valid tokens, bad segments). GRPO and RLOO: hand-computed groups (boundaries by group
+//! id and by agent, masked actions outside the statistics), groups of one, and REINFORCE++ ignoring groups.
 // The naive references index token positions on purpose: they mirror the math, not idiomatic Rust.
 #![allow(clippy::needless_range_loop)]
 use mappa::rl::{
-    compute_advantages, pg_loss, Action, AdvantageConfig, Aggregation, KlEstimator, PgLossConfig, VAR_EPS,
+    compute_advantages, pg_loss, Action, AdvantageConfig, Aggregation, Estimator, KlEstimator, PgLossConfig, VAR_EPS,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -38,7 +39,14 @@ fn random_batch(rng: &mut ChaCha8Rng, agents: usize) -> Batch {
         for _ in 0..rng.random_range(1..4) {
             let len = rng.random_range(1..=20);
             let agent = rng.random_range(0..agents);
-            actions.push(Action { offset: t, len, agent, reward: rng.random(), truncated: rng.random_bool(0.15) });
+            actions.push(Action {
+                offset: t,
+                len,
+                agent,
+                reward: rng.random(),
+                truncated: rng.random_bool(0.15),
+                group: actions.len() % 3,
+            });
             t += len + rng.random_range(0..3);
         }
     }
@@ -116,7 +124,8 @@ fn advantages_match_naive_reference() {
             for normalize_std in [true, false] {
                 for mask_truncated in [true, false] {
                     let beta = if round % 2 == 0 { 0.01 } else { 0.3 };
-                    let cfg = AdvantageConfig { beta, kl, normalize_std, mask_truncated };
+                    let cfg =
+                        AdvantageConfig { beta, kl, normalize_std, mask_truncated, estimator: Estimator::ReinforcePp };
                     let got = compute_advantages(&b.logp_old, &b.logp_ref, &b.actions, 4, &cfg).unwrap();
                     let want = naive_advantages(&b, 4, &cfg);
                     let what = format!("round {round} {cfg:?}");
@@ -155,7 +164,7 @@ fn kl_estimators_hand_values() {
 
 /// Two actions of one agent over three tokens: A = positions 0..2 (reward 1), B = position 2 (reward 0).
 fn tiny() -> (Vec<f32>, Vec<f32>, Vec<Action>) {
-    let act = |offset, len, reward| Action { offset, len, agent: 0, reward, truncated: false };
+    let act = |offset, len, reward| Action { offset, len, agent: 0, reward, truncated: false, group: 0 };
     (vec![-1.0, -0.5, -2.0], vec![-1.2, -0.5, -1.0], vec![act(0, 2, 1.0), act(2, 1, 0.0)])
 }
 
@@ -216,7 +225,7 @@ fn one_token_actions() {
     let actions: Vec<Action> = [(0, 0.3), (2, 0.9), (4, 0.1), (5, 0.6)]
         .iter()
         .enumerate()
-        .map(|(k, &(offset, reward))| Action { offset, len: 1, agent: k / 3, reward, truncated: false })
+        .map(|(k, &(offset, reward))| Action { offset, len: 1, agent: k / 3, reward, truncated: false, group: 0 })
         .collect();
     for kl in ESTIMATORS {
         let cfg = AdvantageConfig { beta: 0.2, kl, ..Default::default() };
@@ -261,7 +270,7 @@ fn equal_returns_give_zero_advantages() {
 
 #[test]
 fn agent_without_valid_tokens() {
-    let act = |offset, len, agent, truncated| Action { offset, len, agent, reward: 0.5, truncated };
+    let act = |offset, len, agent, truncated| Action { offset, len, agent, reward: 0.5, truncated, group: 0 };
     // Agent 0: two normal actions; agent 1: only a truncated one; agent 2: none at all.
     let actions = [act(0, 3, 0, false), act(3, 2, 1, true), act(6, 4, 0, false)];
     let logp_old = vec![-1.0; 10];
@@ -294,7 +303,7 @@ fn higher_reward_gives_higher_advantage() {
     let actions: Vec<Action> = rewards
         .iter()
         .enumerate()
-        .map(|(k, &reward)| Action { offset: 5 * k, len: 5, agent: 0, reward, truncated: false })
+        .map(|(k, &reward)| Action { offset: 5 * k, len: 5, agent: 0, reward, truncated: false, group: 0 })
         .collect();
     let got = compute_advantages(&old.repeat(4), &rf.repeat(4), &actions, 1, &AdvantageConfig::default()).unwrap();
     for j in 0..5 {
@@ -307,7 +316,7 @@ fn higher_reward_gives_higher_advantage() {
 
 #[test]
 fn invalid_segments_are_rejected() {
-    let act = |offset, len, agent| Action { offset, len, agent, reward: 1.0, truncated: false };
+    let act = |offset, len, agent| Action { offset, len, agent, reward: 1.0, truncated: false, group: 0 };
     let lp = vec![-1.0; 10];
     let cfg = AdvantageConfig::default();
     let err = |actions: &[Action], agents| {
@@ -502,7 +511,7 @@ fn gradient_at_clip_boundaries() {
     ];
     let n = cases.len();
     let actions: Vec<Action> =
-        (0..n).map(|i| Action { offset: i, len: 1, agent: 0, reward: 0.0, truncated: false }).collect();
+        (0..n).map(|i| Action { offset: i, len: 1, agent: 0, reward: 0.0, truncated: false, group: 0 }).collect();
     let old = vec![0.0f32; n];
     let logp: Vec<f32> = cases.iter().map(|c| c.0 as f32).collect();
     let adv: Vec<f32> = cases.iter().map(|c| c.1 as f32).collect();
@@ -530,4 +539,122 @@ fn empty_mask_gives_zero_loss() {
         assert_eq!((got.loss, got.clip_frac, got.approx_kl, got.tokens), (0.0, 0.0, 0.0, 0));
         assert!(got.dlogp.iter().all(|&g| g == 0.0));
     }
+}
+
+/// One batch for GRPO and RLOO, one token per action except `a3` (positions 3..5, d = [0.2, -0.4] against
+/// the reference; every other token has d = 0). Listed out of position order on purpose.
+///
+/// | action | pos | agent | group | reward |
+/// |---|---|---|---|---|
+/// | a0 | 0 | 0 | 0 | 1.0 |
+/// | a1 | 1 | 0 | 0 | 0.5 |
+/// | a2 | 2 | 0 | 0 | 0.0 |
+/// | a3 | 3..5 | 0 | 1 | 0.8 |
+/// | a4 | 5 | 0 | 1 | 0.2 |
+/// | a5 | 6 | 0 | 2 | 0.9 (alone) |
+/// | a6 | 7 | 1 | 0 | 5.0 (alone: agent 1's group 0 is not agent 0's) |
+/// | a7 | 8 | 0 | 0 | 10.0, truncated (masked: in no statistic) |
+fn grouped() -> (Vec<f32>, Vec<f32>, Vec<Action>) {
+    let act = |offset, len, agent, group, reward, truncated| Action { offset, len, agent, reward, truncated, group };
+    let actions = vec![
+        act(5, 1, 0, 1, 0.2, false),
+        act(0, 1, 0, 0, 1.0, false),
+        act(7, 1, 1, 0, 5.0, false),
+        act(2, 1, 0, 0, 0.0, false),
+        act(6, 1, 0, 2, 0.9, false),
+        act(3, 2, 0, 1, 0.8, false),
+        act(8, 1, 0, 0, 10.0, true),
+        act(1, 1, 0, 0, 0.5, false),
+    ];
+    let logp_old = vec![-1.0; 9];
+    let mut logp_ref = logp_old.clone();
+    (logp_ref[3], logp_ref[4]) = (-1.2, -0.6);
+    (logp_old, logp_ref, actions)
+}
+
+fn check_grouped(estimator: Estimator, adv: [f64; 9], returns: [f64; 9]) {
+    let (logp_old, logp_ref, actions) = grouped();
+    let cfg = AdvantageConfig { beta: 0.5, estimator, ..Default::default() };
+    let got = compute_advantages(&logp_old, &logp_ref, &actions, 2, &cfg).unwrap();
+    for i in 0..9 {
+        assert_close(got.adv[i] as f64, adv[i], 1e-6, &format!("{estimator:?} advantage at {i}"));
+        assert_close(got.returns[i] as f64, returns[i], 1e-6, &format!("{estimator:?} return at {i}"));
+    }
+    assert_eq!(got.mask, [true, true, true, true, true, true, true, true, false]);
+    // The raw coach reward of the valid actions, whatever the estimator: (1 + 0.5 + 0 + 0.8 + 0.2 + 0.9) / 6.
+    assert_close(got.per_agent[0].mean_reward as f64, 3.4 / 6.0, 1e-6, "mean_reward");
+    // normalize_std is REINFORCE++'s: GRPO and RLOO do not whiten.
+    let unnormalised = AdvantageConfig { normalize_std: false, ..cfg };
+    assert_eq!(compute_advantages(&logp_old, &logp_ref, &actions, 2, &unnormalised).unwrap().adv, got.adv);
+}
+
+#[test]
+fn grpo_hand_computed() {
+    // s = (r - mean) / (sample std + 1e-9) within each (agent, group), valid actions only:
+    //   agent 0 group 0: r = [1, 0.5, 0] -> mean 0.5, sum of squares 0.5, std sqrt(0.5 / 2) = 0.5 -> [1, 0, -1]
+    //   agent 0 group 1: r = [0.8, 0.2] -> mean 0.5, std sqrt(0.18 / 1) = 0.4242641 -> +-0.3 / 0.4242641
+    //                    = +-0.7071068 (= 1 / sqrt(2))
+    //   a5, a6: groups of one -> 0. a7 (masked): (10 - 0.5) / 0.5 = 19 as its return, advantage 0.
+    // KL kept per token (beta 0.5, k1): a3's r_t = [-0.1, 0.2 + 0.7071068] -> G = [0.8071068, 0.9071068].
+    // No whitening: A = G.
+    let h = std::f64::consts::FRAC_1_SQRT_2;
+    let a = [1.0, 0.0, -1.0, 0.1 + h, 0.2 + h, -h, 0.0, 0.0, 0.0];
+    let g = [1.0, 0.0, -1.0, 0.1 + h, 0.2 + h, -h, 0.0, 0.0, 19.0];
+    check_grouped(Estimator::Grpo, a, g);
+}
+
+#[test]
+fn rloo_hand_computed() {
+    // s = r - mean of the rest of its (agent, group), valid actions only:
+    //   agent 0 group 0: 1 - (0.5 + 0) / 2 = 0.75, 0.5 - (1 + 0) / 2 = 0, 0 - (1 + 0.5) / 2 = -0.75
+    //   agent 0 group 1: 0.8 - 0.2 = 0.6, 0.2 - 0.8 = -0.6
+    //   a5, a6: groups of one -> 0. a7 (masked): 10 - (1 + 0.5 + 0) / 3 = 9.5 as its return, advantage 0.
+    // KL kept per token (beta 0.5, k1): a3's r_t = [-0.1, 0.2 + 0.6] -> G = [0.7, 0.8]. No whitening: A = G.
+    let a = [0.75, 0.0, -0.75, 0.7, 0.8, -0.6, 0.0, 0.0, 0.0];
+    let g = [0.75, 0.0, -0.75, 0.7, 0.8, -0.6, 0.0, 0.0, 9.5];
+    check_grouped(Estimator::Rloo, a, g);
+}
+
+#[test]
+fn groups_of_one_leave_only_the_kl_penalty() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let mut b = random_batch(&mut rng, 2);
+    for (k, a) in b.actions.iter_mut().enumerate() {
+        a.group = k; // every action its own group (a trainer given no groups)
+    }
+    for estimator in [Estimator::Grpo, Estimator::Rloo] {
+        let cfg = AdvantageConfig { beta: 0.3, kl: KlEstimator::K3, estimator, ..Default::default() };
+        let got = compute_advantages(&b.logp_old, &b.logp_ref, &b.actions, 2, &cfg).unwrap();
+        for a in &b.actions {
+            for t in a.offset..a.offset + a.len {
+                let kl: f64 = (t..a.offset + a.len).map(|k| naive_kl(cfg.kl, b.logp_old[k], b.logp_ref[k])).sum();
+                let want = if got.mask[t] { -0.3 * kl } else { 0.0 };
+                assert_close(got.adv[t] as f64, want, 1e-5, &format!("{estimator:?} at {t}"));
+            }
+        }
+        // Without KL there is nothing left: every advantage is exactly 0.
+        let no_kl = AdvantageConfig { beta: 0.0, ..cfg };
+        let got = compute_advantages(&b.logp_old, &b.logp_ref, &b.actions, 2, &no_kl).unwrap();
+        assert!(got.adv.iter().all(|&x| x == 0.0), "{estimator:?}");
+    }
+    // Equal rewards within one group: exactly 0 too (the epsilon never meets a zero difference).
+    for a in &mut b.actions {
+        (a.group, a.reward) = (0, 0.7);
+    }
+    for estimator in [Estimator::Grpo, Estimator::Rloo] {
+        let cfg = AdvantageConfig { beta: 0.0, estimator, ..Default::default() };
+        let got = compute_advantages(&b.logp_old, &b.logp_ref, &b.actions, 2, &cfg).unwrap();
+        assert!(got.adv.iter().all(|&x| x == 0.0), "{estimator:?}");
+    }
+}
+
+#[test]
+fn reinforce_pp_ignores_groups() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let b = random_batch(&mut rng, 3);
+    let cfg = AdvantageConfig::default();
+    assert_eq!(cfg.estimator, Estimator::ReinforcePp, "REINFORCE++ is the default");
+    let grouped = compute_advantages(&b.logp_old, &b.logp_ref, &b.actions, 3, &cfg).unwrap();
+    let ungrouped: Vec<Action> = b.actions.iter().map(|a| Action { group: 0, ..*a }).collect();
+    assert_eq!(grouped, compute_advantages(&b.logp_old, &b.logp_ref, &ungrouped, 3, &cfg).unwrap());
 }

@@ -1,6 +1,6 @@
 //! Run configuration (src/run_config): presets, MAPPA defaults, TOML round trip, unknown-key and
 //! value validation with key paths, dotted-key overrides, and an inline DSBench-style pipeline.
-use mappa::rl::{Aggregation, KlEstimator};
+use mappa::rl::{Aggregation, Estimator, KlEstimator};
 use mappa::run_config::*;
 use std::path::{Path, PathBuf};
 
@@ -104,8 +104,11 @@ fn rl_defaults_are_mappa_mathchat_values() {
     assert!(rl.mask_truncated);
     assert!(rl.advantage_std_norm);
 
+    assert_eq!(rl.estimator, AdvantageEstimator::ReinforcePp);
+
     let adv = rl.advantage_config();
     assert_eq!((adv.beta, adv.kl, adv.normalize_std, adv.mask_truncated), (0.01, KlEstimator::K1, true, true));
+    assert_eq!(adv.estimator, Estimator::ReinforcePp);
     let pg = rl.pg_loss_config();
     assert_eq!((pg.eps_low, pg.eps_high, pg.dual_clip, pg.kl_loss_coef), (0.2, 0.2, None, None));
     assert_eq!(pg.aggregation, Aggregation::SeqMeanTokenMean);
@@ -204,6 +207,7 @@ fn unknown_keys_are_rejected_with_key_file_and_line() {
     let text = MINIMAL.replace("prompt = \"Solve: {{ task }}\"", "prompt = \"x\"\ntools = [\"bash\"]");
     assert_rejected(&text, &["tools", "unknown variant `bash`"]);
     assert_rejected(&format!("{MINIMAL}\n[rl]\nkl_estimator = \"k4\"\n"), &["kl_estimator", "unknown variant `k4`"]);
+    assert_rejected(&format!("{MINIMAL}\n[rl]\nestimator = \"ppo\"\n"), &["estimator", "unknown variant `ppo`"]);
     // Missing required keys are named too.
     assert_rejected(&MINIMAL.replace("train = \"train.jsonl\"", ""), &["missing field `train`"]);
 }
@@ -311,6 +315,14 @@ fn invalid_values_name_their_key_path() {
         (|c| c.rl.prompts_per_step = 0, "rl.prompts_per_step must be >= 1, got 0"),
         (|c| c.rl.samples_per_prompt = 0, "rl.samples_per_prompt must be >= 1, got 0"),
         (|c| c.rl.samples_per_optimizer_step = 0, "rl.samples_per_optimizer_step must be >= 1, got 0"),
+        (
+            |c| (c.rl.estimator, c.rl.samples_per_prompt) = (AdvantageEstimator::Grpo, 1),
+            "rl.estimator = \"grpo\" needs rl.samples_per_prompt >= 2 (a group of one sample has no baseline), got 1",
+        ),
+        (
+            |c| (c.rl.estimator, c.rl.samples_per_prompt) = (AdvantageEstimator::Rloo, 1),
+            "rl.estimator = \"rloo\" needs rl.samples_per_prompt >= 2 (a group of one sample has no baseline), got 1",
+        ),
         (
             |c| c.rl.samples_per_optimizer_step = 24,
             "rl.samples_per_optimizer_step (24) must divide rl.prompts_per_step * rl.samples_per_prompt (64)",
@@ -577,5 +589,19 @@ fn preset_prompts_render() {
                 assert!(out.contains("(no code was run)") && out.contains(r"**\boxed{answer}**"), "{out}");
             }
         }
+    }
+}
+
+#[test]
+fn estimator_names() {
+    let base = RunConfig::preset("mathchat").unwrap();
+    for (name, want, est) in [
+        ("reinforce_pp", AdvantageEstimator::ReinforcePp, Estimator::ReinforcePp),
+        ("grpo", AdvantageEstimator::Grpo, Estimator::Grpo),
+        ("rloo", AdvantageEstimator::Rloo, Estimator::Rloo),
+    ] {
+        let c = base.with_overrides(&[&format!("rl.estimator={name}")]).unwrap();
+        assert_eq!((c.rl.estimator, c.rl.advantage_config().estimator), (want, est), "{name}");
+        assert!(c.to_toml_string().unwrap().contains(&format!("estimator = \"{name}\"")), "{name}");
     }
 }

@@ -6,7 +6,7 @@ use mappa::config::Arch;
 use mappa::cpu::CpuBackend;
 use mappa::model::{Model, Packed};
 use mappa::optim::{AdamWConfig, LrSchedule};
-use mappa::rl::{AdvantageConfig, PgLossConfig};
+use mappa::rl::{AdvantageConfig, Estimator, PgLossConfig};
 use mappa::trainer::{Sample, Trainer, TrainerConfig};
 
 /// Mini-batches of 3 of the 4 samples: two optimizer steps per `train_step`, so the shuffle matters.
@@ -147,4 +147,44 @@ fn bad_samples_are_errors() {
     let mut s = samples(t.model.as_ref());
     s[1].prompt_len = s[1].tokens.len();
     assert!(t.train_step(&s, reference.as_ref(), 0).is_err(), "a sample without action tokens");
+}
+
+#[test]
+fn grpo_and_rloo_learn_within_each_group() {
+    for estimator in [Estimator::Grpo, Estimator::Rloo] {
+        let reference = model();
+        let mut cfg = config(1e-3, 4096);
+        cfg.advantage.estimator = estimator;
+        let mut t = Trainer::new(model(), cfg, None).unwrap();
+        let s0 = samples(t.model.as_ref());
+        // Samples 0 and 1 answer the same context (rewards 10 and 0); 2 and 3 form a second group.
+        let groups = [(0, 0), (0, 0), (1, 0), (1, 0)];
+        let (good0, bad0) = (action_logp(t.model.as_ref(), &s0[0]), action_logp(t.model.as_ref(), &s0[1]));
+        for step in 0..5 {
+            let s = samples(t.model.as_ref());
+            let stats = t.train_step_grouped(&s, Some(&groups), reference.as_ref(), step).unwrap();
+            assert_eq!((stats.samples, stats.optimizer_steps), (4, 2));
+        }
+        let (good, bad) = (action_logp(t.model.as_ref(), &s0[0]), action_logp(t.model.as_ref(), &s0[1]));
+        assert!(good > good0 + 0.01, "{estimator:?}: rewarded action: log-prob {good0} -> {good}");
+        assert!(bad < bad0 - 0.01, "{estimator:?}: unrewarded action: log-prob {bad0} -> {bad}");
+        let e = t.train_step_grouped(&s0, Some(&groups[..3]), reference.as_ref(), 0).unwrap_err().to_string();
+        assert!(e.contains("3 groups for 4 samples"), "{e}");
+    }
+}
+
+#[test]
+fn without_groups_grpo_and_rloo_have_only_the_kl_to_learn() {
+    // Every sample its own group: outcome term 0; with beta 0 the advantages are exactly 0, so AdamW's
+    // steps (zero gradient, no weight decay) leave the weights as they were.
+    for estimator in [Estimator::Grpo, Estimator::Rloo] {
+        let reference = model();
+        let mut cfg = config(1e-3, 4096);
+        (cfg.advantage.estimator, cfg.advantage.beta) = (estimator, 0.0);
+        let mut t = Trainer::new(model(), cfg, None).unwrap();
+        let s = samples(t.model.as_ref());
+        let stats = t.train_step(&s, reference.as_ref(), 0).unwrap();
+        assert_eq!((stats.optimizer_steps, stats.grad_norm), (2, 0.0), "{estimator:?}");
+        assert_eq!(flat(t.model.as_ref()), flat(model().as_ref()), "{estimator:?}");
+    }
 }

@@ -1,9 +1,14 @@
-//! Per-action REINFORCE++ advantages and the clipped policy-gradient loss, CPU reference (issue 4).
+//! Per-action advantages (REINFORCE++, GRPO or RLOO) and the clipped policy-gradient loss, CPU reference
+//! (issues 4 and 13).
 //!
 //! MAPPA turns every agent action (one completion) into its own training sample with one scalar reward
 //! from the coach. A training batch is packed: per-token arrays of length T over all samples, and a list
 //! of [`Action`] segments naming which positions are an action's generated tokens (prompt tokens belong
-//! to no segment and get no loss). [`advantage`] turns rewards and log-probs into per-token advantages;
+//! to no segment and get no loss). [`advantage`] turns rewards and log-probs into per-token advantages
+//! with the [`Estimator`] chosen by `rl.estimator`: `reinforce_pp` (default; returns whitened over the
+//! agent's batch), `grpo` (reward normalised by its group's mean and sample std) or `rloo` (reward minus
+//! the mean of the rest of its group), a group being the actions with the same [`Action::group`] (same
+//! agent, turn and task across the task's samples; a group of one gets outcome term 0);
 //! [`loss`] turns advantages and the current policy's log-probs into the PPO-clip loss and its exact
 //! gradient. Both are plain f64-accumulating loops: the reference the CUDA kernels are tested against.
 use anyhow::{bail, Result};
@@ -11,7 +16,9 @@ use anyhow::{bail, Result};
 pub mod advantage;
 pub mod loss;
 
-pub use advantage::{compute_advantages, AdvantageConfig, Advantages, AgentStats, KlEstimator, VAR_EPS};
+pub use advantage::{
+    compute_advantages, AdvantageConfig, Advantages, AgentStats, Estimator, KlEstimator, GRPO_EPS, VAR_EPS,
+};
 pub use loss::{pg_loss, Aggregation, PgLoss, PgLossConfig};
 
 /// One agent action: its generated tokens are the packed positions `offset..offset + len`.
@@ -25,6 +32,9 @@ pub struct Action {
     pub reward: f32,
     /// The completion hit the length limit (no EOS).
     pub truncated: bool,
+    /// GRPO/RLOO: actions of the same agent with equal `group` are samples of one prompt and share a
+    /// baseline (MAPPA: the same turn of the same task). An opaque id; REINFORCE++ ignores it.
+    pub group: usize,
 }
 
 /// Checks that every action is non-empty, lies inside `0..t` and overlaps no other action. Errors name

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::model::BackendChoice;
-use crate::rl::{AdvantageConfig, Aggregation, KlEstimator, PgLossConfig};
+use crate::rl::{AdvantageConfig, Aggregation, Estimator, KlEstimator, PgLossConfig};
 use crate::sandbox::SandboxConfig;
 
 mod overrides;
@@ -293,6 +293,19 @@ pub enum Kl {
     K3,
 }
 
+/// `rl.estimator`: how an action's reward becomes its advantage (`rl::advantage` module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageEstimator {
+    /// REINFORCE++: returns whitened over the agent's batch (MAPPA).
+    ReinforcePp,
+    /// GRPO: the reward normalised within its group (the same agent's action at the same turn of the
+    /// task's `samples_per_prompt` episodes).
+    Grpo,
+    /// RLOO: the reward minus the mean reward of the rest of its group.
+    Rloo,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
@@ -317,6 +330,8 @@ pub struct RlConfig {
     /// KL(pi || ref) coefficient, folded into the per-token reward.
     pub beta: f64,
     pub kl_estimator: Kl,
+    /// `reinforce_pp` (default), `grpo` or `rloo`; the last two need `samples_per_prompt >= 2`.
+    pub estimator: AdvantageEstimator,
     pub clip_eps_low: f64,
     pub clip_eps_high: f64,
     /// Dual-clip constant c > 1 (absent: off).
@@ -367,6 +382,7 @@ impl Default for RlConfig {
         RlConfig {
             beta: 0.01,
             kl_estimator: Kl::K1,
+            estimator: AdvantageEstimator::ReinforcePp,
             clip_eps_low: 0.2,
             clip_eps_high: 0.2,
             dual_clip: None,
@@ -411,6 +427,11 @@ impl RlConfig {
             },
             normalize_std: self.advantage_std_norm,
             mask_truncated: self.mask_truncated,
+            estimator: match self.estimator {
+                AdvantageEstimator::ReinforcePp => Estimator::ReinforcePp,
+                AdvantageEstimator::Grpo => Estimator::Grpo,
+                AdvantageEstimator::Rloo => Estimator::Rloo,
+            },
         }
     }
 

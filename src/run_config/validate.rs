@@ -23,10 +23,11 @@
 //!   (0, 1); `weight_decay >= 0`; `grad_clip > 0`; counts >= 1; `temperature` in (0, 2]; `eval_temperature`
 //!   in [0, 2]; `top_p` in (0, 1]; `samples_per_optimizer_step` divides `prompts_per_step *
 //!   samples_per_prompt` (the episodes of one rollout step), so every single-action agent gets a whole
-//!   number of optimizer steps per rollout step (MAPPA: 64 / 16 = 4).
+//!   number of optimizer steps per rollout step (MAPPA: 64 / 16 = 4); `estimator` `grpo` or `rloo` needs
+//!   `samples_per_prompt >= 2` (a group of one sample has no baseline).
 //! - `sandbox`: `timeout_s` in (0, 86400]; `cpu_seconds`, `file_size_mb`, `max_processes`, `output_chars >= 1`;
 //!   `memory_mb >= 64`; `python` non-empty.
-use super::{CoachBackend, RunConfig, SamplingOverrides, PROMPT_VARIABLES};
+use super::{AdvantageEstimator, CoachBackend, RunConfig, SamplingOverrides, PROMPT_VARIABLES};
 use anyhow::{bail, Result};
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
@@ -300,6 +301,15 @@ impl RunConfig {
         e.check(episodes_of_step <= EPISODES, || {
             format!("rl.prompts_per_step * rl.samples_per_prompt must be <= {EPISODES} (one step's episodes), got {episodes_of_step}")
         });
+        if let est @ (AdvantageEstimator::Grpo | AdvantageEstimator::Rloo) = r.estimator {
+            let name = if est == AdvantageEstimator::Grpo { "grpo" } else { "rloo" };
+            e.check(r.samples_per_prompt >= 2, || {
+                format!(
+                    "rl.estimator = \"{name}\" needs rl.samples_per_prompt >= 2 (a group of one sample has no baseline), got {}",
+                    r.samples_per_prompt
+                )
+            });
+        }
         e.count("rl.epochs_per_step", r.epochs_per_step as u64, 1, 100);
         e.count("rl.max_new_tokens", r.max_new_tokens as u64, 1, TOKENS);
         e.count("rl.max_prompt_tokens", r.max_prompt_tokens as u64, 1, TOKENS);
