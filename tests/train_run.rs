@@ -558,3 +558,18 @@ fn eval_config_evaluates_the_base_team_problem_by_problem() {
         problems.iter().flat_map(|p| p["correct"].as_array().unwrap()).filter(|c| c.as_bool().unwrap()).count();
     assert_eq!(summary["avg_at_k"].as_f64().unwrap(), correct as f64 / 8.0, "the lines add up to the summary");
 }
+
+/// `rl.estimator = "grpo"` and `"rloo"` run end to end: the run hands each sample's group (task, turn) to
+/// the trainer (the formulas are tested in tests/rl.rs and tests/trainer.rs).
+#[test]
+fn grpo_and_rloo_runs_train_with_groups() {
+    for estimator in ["grpo", "rloo"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), 1).with_overrides(&[format!("rl.estimator={estimator}")]).unwrap();
+        let dir = Run::open(Open::New(Box::new(cfg))).unwrap().train().unwrap();
+        for line in metrics(&dir) {
+            assert!(line["optimizer_steps"].as_u64().unwrap() >= 1, "{estimator}: {line}");
+            assert!(line["loss"].as_f64().unwrap().is_finite(), "{estimator}: {line}");
+        }
+    }
+}

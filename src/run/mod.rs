@@ -34,7 +34,7 @@ use crate::loader::LoadedModel;
 use crate::rollout::{coach_request, run_episodes, Episode, Generator, Phase};
 use crate::run_config::RunConfig;
 use crate::tokenizer::Tokenizer;
-use crate::trainer::{Sample, Trainer};
+use crate::trainer::{Sample, SampleGroup, Trainer};
 use anyhow::{ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -175,9 +175,10 @@ impl Run {
         let mut stats = Vec::with_capacity(self.agents.len());
         for i in 0..self.agents.len() {
             bar.set_message(format!("training {}", self.cfg.agents[i].name));
-            let samples = samples_of(&episodes, &scores, i);
-            stats.push(self.agents[i].train_step(
+            let (samples, groups) = samples_of(&episodes, &scores, i);
+            stats.push(self.agents[i].train_step_grouped(
                 &samples,
+                Some(&groups),
                 self.reference.as_ref(),
                 derive_seed(&[seed, step, 1, i as u64]),
             )?);
@@ -280,9 +281,10 @@ pub fn outcome_scores(episodes: &[Episode]) -> (Vec<Vec<Option<f32>>>, Vec<Strin
     (scores, reasons)
 }
 
-/// Agent `agent`'s scored actions as training samples: the exact context it saw, then its tokens.
-fn samples_of(episodes: &[Episode], scores: &[Vec<Option<f32>>], agent: usize) -> Vec<Sample> {
-    let mut out = Vec::new();
+/// Agent `agent`'s scored actions as training samples (the exact context it saw, then its tokens), each
+/// with its group for GRPO and RLOO: the agent's action at the same turn of the same task.
+fn samples_of(episodes: &[Episode], scores: &[Vec<Option<f32>>], agent: usize) -> (Vec<Sample>, Vec<SampleGroup>) {
+    let (mut out, mut groups) = (Vec::new(), Vec::new());
     for (ep, sc) in episodes.iter().zip(scores) {
         for (a, s) in ep.actions.iter().zip(sc) {
             if let (true, Some(score), false) = (a.agent == agent, s, a.tokens.is_empty()) {
@@ -293,10 +295,11 @@ fn samples_of(episodes: &[Episode], scores: &[Vec<Option<f32>>], agent: usize) -
                     reward: score / crate::coach::MAX_SCORE as f32,
                     truncated: a.finish == crate::engine::FinishReason::Length,
                 });
+                groups.push((ep.task_index, a.turn));
             }
         }
     }
-    out
+    (out, groups)
 }
 
 /// What one step's rollouts and coach lost: the actions that cannot train, with a reason of each kind.
