@@ -613,7 +613,7 @@ impl RunConfig {
                 RuleKind::Final => "rule-based coach: the final answer (10/0), others' boxed answers".into(),
                 RuleKind::Process => {
                     "rule-based process coach: each action's own checkable result (code ran and printed the \
-                     answer; boxed answer; final answer)"
+                     answer; the answer it gave; the final answer)"
                         .into()
                 }
             },
