@@ -46,6 +46,15 @@ pub struct EvalSummary {
     pub agents: BTreeMap<String, AgentEvalStats>,
 }
 
+/// Each problem's episodes' correctness (graded correct, in episode order), by task index.
+pub fn correct_by_problem(episodes: &[Episode]) -> BTreeMap<usize, Vec<bool>> {
+    let mut by_problem: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
+    for ep in episodes {
+        by_problem.entry(ep.task_index).or_default().push(ep.final_answer_correct == Some(true));
+    }
+    by_problem
+}
+
 /// Summarises `episodes` (grouped into problems by `task_index`). `scores`, when given, holds one entry
 /// per episode with one score per action (`None`: unscored), shaped like the episodes' actions.
 pub fn summarize(
@@ -63,11 +72,7 @@ pub fn summarize(
             bail!("episode {e} has {} actions but {} scores", ep.actions.len(), s[e].len());
         }
     }
-    let mut by_problem: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
-    for ep in episodes {
-        by_problem.entry(ep.task_index).or_default().push(ep.final_answer_correct == Some(true));
-    }
-    let correct: Vec<Vec<bool>> = by_problem.into_values().collect();
+    let correct: Vec<Vec<bool>> = correct_by_problem(episodes).into_values().collect();
     let k = correct.iter().map(Vec::len).max().unwrap_or(0);
     let (avg, avg_se) = avg_at_k(&correct);
     let (pass, pass_se) = pass_at_k(&correct, k);

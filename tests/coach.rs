@@ -505,7 +505,8 @@ fn process_rule_coach_checks_each_action() {
     assert!(reason.contains("need the ground truth"), "{reason}");
 
     // With the last-number fallback (as the final answer is graded), an unboxed answer counts.
-    let lenient = Coach::new(RuleCoach::new("Verifier", OtherAgents::Process, true).unwrap(), CoachPrompt::default(), None);
+    let lenient =
+        Coach::new(RuleCoach::new("Verifier", OtherAgents::Process, true).unwrap(), CoachPrompt::default(), None);
     assert_eq!(lenient.score_action(&text_action("Problem Solver", "The answer is 42.")), scored(10.0, 1));
     assert_eq!(lenient.score_action(&text_action("Problem Solver", "The answer is 41.")), scored(2.0, 1));
     assert_eq!(lenient.score_action(&text_action("Problem Solver", "I do not know.")), scored(0.0, 1));
@@ -682,7 +683,9 @@ fn constrained_local_coach_always_ends_in_a_score_line() {
     let mut m = common::tiny_chat_model(7);
     m.config.max_position_embeddings = 2048;
     mappa::hf::write_dir(&m, dir.path(), mappa::tensor::DType::F32).unwrap();
-    let load = |max_tokens| LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, max_tokens, 1.0, None, LocalScoring::Sampled);
+    let load = |max_tokens| {
+        LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, max_tokens, 1.0, None, LocalScoring::Sampled)
+    };
     let err = load(10).err().expect("10 tokens cannot hold a score line").to_string();
     assert!(err.contains("no room for the score line"), "{err}");
     let coach = load(40).unwrap();

@@ -27,11 +27,13 @@ use crate::model::{Backend, Model};
 use crate::sample::{SamplingParams, MAX_TOP_LOGPROBS};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
-/// How a local coach turns its reply into a score.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a local coach turns its reply into a score (`coach.score` in a run's config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LocalScoring {
     /// The score the coach writes (sampled at `temperature`), parsed from its reply.
     #[default]

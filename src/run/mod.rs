@@ -29,7 +29,7 @@ pub use setup::{build_coach, Open};
 
 use crate::coach::{Coach, CoachOutcome};
 use crate::data::{derive_seed, Task, TaskSampler};
-use crate::eval::summarize;
+use crate::eval::{correct_by_problem, summarize};
 use crate::loader::LoadedModel;
 use crate::rollout::{coach_request, run_episodes, Episode, Generator, Phase};
 use crate::run_config::RunConfig;
@@ -243,11 +243,7 @@ impl Run {
             );
             summary.append_to(&self.dir.join("eval.jsonl"))?;
             // Each problem's results, so arms of an experiment can be compared problem by problem.
-            let mut by_task: std::collections::BTreeMap<usize, Vec<bool>> = Default::default();
-            for ep in &episodes {
-                by_task.entry(ep.task_index).or_default().push(ep.final_answer_correct == Some(true));
-            }
-            for (i, correct) in by_task {
+            for (i, correct) in correct_by_problem(&episodes) {
                 let line =
                     serde_json::json!({"dataset": name, "step": self.step, "id": tasks[i].id, "correct": correct});
                 crate::jsonl::append(&self.dir.join(EVAL_PROBLEMS), &line)?;

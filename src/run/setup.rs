@@ -3,14 +3,12 @@
 //! continuation rewrites them), plus the data, the frozen reference and the coach.
 use super::{available_memory, checkpoint, MemoryEstimate, Run};
 use crate::coach::MATHCHAT_TEMPLATE;
-use crate::coach::{
-    Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, LocalScoring, OtherAgents, RuleCoach,
-};
+use crate::coach::{Coach, CoachLog, CoachPrompt, HttpCoach, HttpCoachConfig, LocalCoach, OtherAgents, RuleCoach};
 use crate::data::{load_tasks, train_split, Task, TaskSampler, HOLDOUT_NAME};
 use crate::loader::LoadedModel;
 use crate::model::{self, Backend, BackendChoice};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
-use crate::run_config::{CoachBackend, LrSchedule as Schedule, Reward, RuleKind, RunConfig, ScoreKind, Tool};
+use crate::run_config::{CoachBackend, LrSchedule as Schedule, Reward, RuleKind, RunConfig, Tool};
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Trainer, TrainerConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -84,9 +82,7 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
             check_fresh(&dir)?;
             *fresh = Some(FreshDir { dir: dir.clone(), created, keep: false });
             // Written whole or not at all: a start killed here leaves a directory that counts as fresh.
-            let tmp = dir.join(CONFIG_TMP);
-            std::fs::write(&tmp, cfg.to_toml_string()?).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, dir.join("config.toml"))?;
+            write_whole(&dir.join("config.toml"), &dir.join(CONFIG_TMP), &cfg.to_toml_string()?)?;
             (dir, lock, None)
         }
     };
@@ -333,10 +329,7 @@ pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
                 c.max_tokens,
                 c.temperature as f32,
                 c.reply_prefix.clone(),
-                match c.score {
-                    ScoreKind::Sampled => LocalScoring::Sampled,
-                    ScoreKind::Expected => LocalScoring::Expected,
-                },
+                c.score,
             )?;
             Coach::new(local, prompt, None)
         }
@@ -379,10 +372,14 @@ fn drop_lines_after(path: &Path, step: u64) -> Result<()> {
             aside.display()
         );
     }
-    // Renamed into place, so a process killed while rewriting leaves the old file or the new one, whole.
-    let tmp = PathBuf::from(format!("{}.partial", path.display()));
-    std::fs::write(&tmp, keep).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rewriting {}", path.display()))
+    write_whole(path, &PathBuf::from(format!("{}.partial", path.display())), &keep)
+}
+
+/// Writes `contents` to `tmp`, then renames it to `path`: a process killed meanwhile leaves the old file or
+/// the new one, whole, never part of one.
+fn write_whole(path: &Path, tmp: &Path, contents: &str) -> Result<()> {
+    std::fs::write(tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// The lock file inside a run directory, held by the process working on the run.

@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::coach::LocalScoring;
 pub use crate::model::BackendChoice;
 use crate::rl::{AdvantageConfig, Aggregation, Estimator, KlEstimator, PgLossConfig};
 use crate::sandbox::SandboxConfig;
@@ -204,16 +205,7 @@ pub struct CoachConfig {
     /// `local` only: `sampled` (the score the coach writes) or `expected` (the probability-weighted mean over
     /// the scores 0..10; see `coach::local`).
     #[serde(default)]
-    pub score: ScoreKind,
-}
-
-/// How a local coach's score is read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScoreKind {
-    #[default]
-    Sampled,
-    Expected,
+    pub score: LocalScoring,
 }
 
 /// What the rule coach checks.
@@ -621,8 +613,8 @@ impl RunConfig {
                 "local model coach `{}` ({})",
                 c.model.as_deref().unwrap_or("?"),
                 match c.score {
-                    ScoreKind::Sampled => "its written score",
-                    ScoreKind::Expected => "probability-weighted score",
+                    LocalScoring::Sampled => "its written score",
+                    LocalScoring::Expected => "probability-weighted score",
                 }
             ),
             (Reward::Coach, CoachBackend::Http) => format!(
