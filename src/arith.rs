@@ -162,9 +162,7 @@ impl ArithConfig {
         }
         Ok(out)
     }
-}
 
-impl ArithConfig {
     /// Writes `dir/test.jsonl`, `valid.jsonl` and `train.jsonl` with `counts` problems each (in that order),
     /// disjoint; the test split first, so the other splits' sizes never change it. Returns each file and count.
     pub fn write_splits(&self, dir: &Path, counts: [usize; 3]) -> Result<Vec<(PathBuf, usize)>> {
