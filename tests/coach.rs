@@ -644,14 +644,20 @@ fn http_concurrency_limit_holds() {
     assert_eq!(server.shared.max_active.load(Ordering::SeqCst), 2, "at most 2 in flight, and both used");
 }
 
+/// A tiny random chat model with room for the coach prompt, written as a model directory.
+fn coach_model_dir(seed: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = common::tiny_chat_model(seed);
+    m.config.max_position_embeddings = 2048;
+    mappa::hf::write_dir(&m, dir.path(), mappa::tensor::DType::F32).unwrap();
+    dir
+}
+
 /// The local coach answers a batch of prompts as one engine batch, and each reply is exactly what the same
 /// prompt gets alone; the reply prefix starts every reply, so the strict parser sees the whole answer.
 #[test]
 fn local_coach_batch_replies_equal_single_replies() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = common::tiny_chat_model(5);
-    m.config.max_position_embeddings = 2048;
-    mappa::hf::write_dir(&m, dir.path(), mappa::tensor::DType::F32).unwrap();
+    let dir = coach_model_dir(5);
     let prefix = "PROCESS_SCORE: ".to_string();
     let coach =
         LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, 3, 0.0, Some(prefix.clone()), LocalScoring::Sampled)
@@ -679,10 +685,7 @@ fn local_coach_batch_replies_equal_single_replies() {
 /// scored at the first attempt. A budget too small for the score line is refused when the coach is built.
 #[test]
 fn constrained_local_coach_always_ends_in_a_score_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = common::tiny_chat_model(7);
-    m.config.max_position_embeddings = 2048;
-    mappa::hf::write_dir(&m, dir.path(), mappa::tensor::DType::F32).unwrap();
+    let dir = coach_model_dir(7);
     let load = |max_tokens| {
         LocalCoach::load(dir.path(), mappa::model::Backend::Cpu, max_tokens, 1.0, None, LocalScoring::Sampled)
     };
