@@ -174,6 +174,14 @@ pub struct ToolOutput {
 /// How a rendered tool output marks a run that failed (the rule coach looks for it).
 pub const TOOL_ERROR: &str = "[tool error:";
 
+/// How a tool output starts when the sandbox itself failed on the host (the run counts these).
+pub const HOST_FAILURE: &str = "[tool error: the sandbox failed on the host:";
+
+/// The tool output of an action whose code could not be run because [`run_python`] failed on the host.
+pub fn host_failure(err: &anyhow::Error) -> String {
+    format!("{HOST_FAILURE} {}]\n", format!("{err:#}").replace('\n', " "))
+}
+
 impl ToolOutput {
     /// The text an agent sees next turn: stdout, then stderr, then one-line notes on truncation and errors.
     pub fn render(&self) -> String {

@@ -418,7 +418,7 @@ fn coach_log_has_one_json_line_per_exchange() {
 }
 
 #[test]
-fn score_all_keeps_request_order_and_runs_in_the_background() {
+fn score_all_and_score_during_keep_request_order() {
     // The reply is the request's index; later requests answer sooner, so completion order is reversed.
     let coach = Arc::new(fn_coach(
         |messages| {
@@ -431,9 +431,14 @@ fn score_all_keeps_request_order_and_runs_in_the_background() {
         None,
     ));
     let reqs: Vec<CoachRequest> = (0..10).map(|i| request("Problem Solver", &format!("item {i} done"))).collect();
-    let handle = coach.spawn_score_all(reqs.clone(), 4).expect("spawn");
+    let (produced, outcomes) = coach.score_during(4, |submit| {
+        for req in &reqs {
+            submit(req.clone());
+        }
+        "produced"
+    });
     let want: Vec<CoachOutcome> = (0..10).map(|i| scored(i as f32, 1)).collect();
-    assert_eq!(handle.join().expect("coach thread"), want);
+    assert_eq!((produced, outcomes), ("produced", want.clone()));
     assert_eq!(coach.score_all(reqs, 0), want, "concurrency 0 means 1");
     assert!(coach.score_all(Vec::new(), 8).is_empty());
 }
@@ -757,4 +762,118 @@ fn smollm2_expected_score_coach_always_scores() {
     let scores: Vec<f32> =
         outcomes.iter().map(|o| if let CoachOutcome::Scored { score, .. } = o { *score } else { 0.0 }).collect();
     assert!(scores.iter().any(|s| s.fract() != 0.0), "graded, not whole digits: {scores:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The coach off the critical path
+// ---------------------------------------------------------------------------------------------
+
+/// An agent that takes `delay` per batched turn and answers every request with `reply` (no code).
+struct SlowAgent {
+    tok: &'static mappa::tokenizer::Tokenizer,
+    delay: Duration,
+}
+
+impl mappa::rollout::Generator for SlowAgent {
+    fn generate_batch(
+        &self,
+        reqs: &[mappa::rollout::GenRequest],
+        _stop_ids: &[u32],
+    ) -> Result<Vec<mappa::engine::Generation>> {
+        thread::sleep(self.delay);
+        let tokens = self.tok.encode("So the answer is \\boxed{42}.<|im_end|>", false)?;
+        Ok(reqs
+            .iter()
+            .map(|_| mappa::engine::Generation {
+                logprobs: vec![-0.5; tokens.len()],
+                top_logprobs: Vec::new(),
+                tokens: tokens.clone(),
+                finish: mappa::engine::FinishReason::Stop,
+                prefill_s: 0.0,
+                decode_s: 0.0,
+            })
+            .collect())
+    }
+}
+
+fn smollm2_tokenizer() -> &'static mappa::tokenizer::Tokenizer {
+    static TOK: std::sync::OnceLock<mappa::tokenizer::Tokenizer> = std::sync::OnceLock::new();
+    TOK.get_or_init(|| {
+        let m = common::tiny_chat_model(0);
+        mappa::tokenizer::Tokenizer::new(&m.tokenizer, &m.config).expect("SmolLM2 tokenizer")
+    })
+}
+
+#[test]
+fn the_coach_scores_each_action_while_the_rollout_goes_on() {
+    // MathChat, 4 episodes: three agent turns of 300 ms each (a rollout of ~0.9 s), 12 actions for an HTTP
+    // coach that answers after 200 ms, 2 calls in flight (~1.2 s of coach). In sequence that is ~2.1 s; with
+    // the coach scoring each turn's actions while the next turn generates, ~1.5 s (the last turn's actions
+    // are scored after the rollout).
+    let delay = Duration::from_millis(200);
+    let server = Server::start(move |_| Canned { delay, ..reply("Fine.\nPROCESS_SCORE: 7") });
+    let coach = http_coach(HttpCoachConfig { max_in_flight: 2, ..http_config(&server) });
+    let mut cfg = mappa::run_config::RunConfig::preset("mathchat").unwrap();
+    (cfg.coach.concurrency, cfg.rl.samples_per_prompt) = (2, 2);
+    let tok = smollm2_tokenizer();
+    let agents: Vec<SlowAgent> = (0..3).map(|_| SlowAgent { tok, delay: Duration::from_millis(300) }).collect();
+    let engines: Vec<&dyn mappa::rollout::Generator> = agents.iter().map(|a| a as _).collect();
+    let tasks: Vec<mappa::data::Task> = (0..2)
+        .map(|i| mappa::data::Task {
+            id: format!("t{i}"),
+            text: "Compute 6*7.".into(),
+            answers: vec!["42".into()],
+            record: json!({}),
+        })
+        .collect();
+    let indexed: Vec<(usize, &mappa::data::Task)> = tasks.iter().enumerate().collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    // In sequence: the whole rollout, then every action scored.
+    let start = Instant::now();
+    let episodes = mappa::rollout::run_episodes(
+        &engines,
+        tok,
+        &cfg,
+        &indexed,
+        2,
+        mappa::rollout::Phase::Train,
+        1,
+        dir.path(),
+        &mut |_, _, _| Ok(()),
+    )
+    .unwrap();
+    let rollout_alone = start.elapsed();
+    let mut reqs = Vec::new();
+    for ep in &episodes {
+        for a in 0..ep.actions.len() {
+            reqs.push(mappa::rollout::coach_request(ep, a, &cfg, tok, &tasks[ep.task_index]).unwrap());
+        }
+    }
+    assert_eq!(reqs.len(), 12);
+    let outcomes = coach.score_all(reqs, 2);
+    let sequential = start.elapsed();
+    assert!(outcomes.iter().all(|o| *o == scored(7.0, 1)));
+
+    // Overlapped: the step's own path.
+    let start = Instant::now();
+    let step = mappa::run::rollout_and_score(&engines, tok, &cfg, &indexed, Some(&coach), 1, dir.path()).unwrap();
+    let overlapped = start.elapsed();
+    assert_eq!(step.episodes, episodes, "the same rollout");
+    assert!(step.unscored.is_empty(), "{:?}", step.unscored);
+    assert!(step.scores.iter().flatten().all(|s| *s == Some(7.0)) && step.scores.concat().len() == 12);
+    let coach_alone = sequential - rollout_alone;
+    eprintln!(
+        "rollout {:.2} s, coach {:.2} s: in sequence {:.2} s, overlapped {:.2} s (rollout {:.2} s + waiting {:.2} s)",
+        rollout_alone.as_secs_f64(),
+        coach_alone.as_secs_f64(),
+        sequential.as_secs_f64(),
+        overlapped.as_secs_f64(),
+        step.rollout_s,
+        step.coach_s
+    );
+    // The last turn's 4 actions take 2 x 200 ms after the rollout; everything else overlapped.
+    assert!(overlapped < rollout_alone.max(coach_alone) + Duration::from_millis(700), "{overlapped:?}");
+    assert!(overlapped.as_secs_f64() < 0.85 * sequential.as_secs_f64(), "{overlapped:?} vs {sequential:?}");
+    assert!(server.shared.max_active.load(Ordering::SeqCst) <= 2, "within the coach's concurrency");
 }

@@ -10,8 +10,8 @@ use mappa::data::Task;
 use mappa::engine::{FinishReason, Generation};
 use mappa::model::Model;
 use mappa::rollout::{
-    coach_request, extract_python_code, run_episodes, strip_think, user_turn_delta, Episode, GenRequest, Generator,
-    Phase,
+    coach_request, extract_python_code, observation_delta, observation_role, run_episodes, strip_think, Episode,
+    GenRequest, Generator, Phase,
 };
 use mappa::run_config::{RunConfig, WorkdirScope};
 use mappa::tokenizer::{Tokenizer, TokenizerSpec};
@@ -112,7 +112,7 @@ fn team() -> [Scripted; 3] {
 fn run(engines: &[Scripted; 3], cfg: &RunConfig, tasks: &[Task], samples: usize, root: &Path) -> Vec<Episode> {
     let engines: Vec<&dyn Generator> = engines.iter().map(|e| e as &dyn Generator).collect();
     let tasks: Vec<(usize, &Task)> = tasks.iter().enumerate().collect();
-    run_episodes(&engines, tok(), cfg, &tasks, samples, Phase::Train, 7, root).unwrap()
+    run_episodes(&engines, tok(), cfg, &tasks, samples, Phase::Train, 7, root, &mut |_, _, _| Ok(())).unwrap()
 }
 
 fn actions_of(ep: &Episode, agent: usize) -> Vec<&mappa::rollout::ActionRecord> {
@@ -132,7 +132,7 @@ fn tool_turn_extends_the_context_token_for_token() {
         assert_eq!(a0.code.as_deref(), Some("print(6*7)"));
         assert_eq!(a0.tool_output.as_deref(), Some("42\n"));
         assert_eq!(a0.finish, FinishReason::Stop);
-        let delta = user_turn_delta(tok(), "42\n").unwrap();
+        let delta = observation_delta(tok(), "42\n").unwrap();
         let expected = [a0.context.clone(), a0.tokens.clone(), enc(&delta.text)].concat();
         assert_eq!(a1.context, expected);
         let shown = tok().decode(&a1.context, false).unwrap();
@@ -194,6 +194,22 @@ fn only_episodes_still_acting_join_the_next_turn() {
 }
 
 #[test]
+fn a_sandbox_failing_on_the_host_is_a_tool_error_and_the_rollout_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engines = team();
+    let mut cfg = config();
+    cfg.sandbox.python = "/nonexistent/python3".into();
+    let eps = run(&engines, &cfg, &[task("a", "42")], 1, dir.path());
+    let coder = actions_of(&eps[0], 1);
+    assert_eq!(coder.len(), 2, "the Code Executor gets its next turn");
+    let out = coder[0].tool_output.as_deref().unwrap();
+    assert!(out.starts_with(mappa::sandbox::HOST_FAILURE) && out.contains("/nonexistent/python3"), "{out}");
+    let shown = tok().decode(&coder[1].context, false).unwrap();
+    assert!(shown.contains(mappa::sandbox::HOST_FAILURE), "the agent sees the failure: {shown}");
+    assert_eq!(actions_of(&eps[0], 2).len(), 1, "the Verifier still acts");
+}
+
+#[test]
 fn truncated_action_is_closed_before_the_tool_turn() {
     let dir = tempfile::tempdir().unwrap();
     let mut engines = team();
@@ -204,7 +220,7 @@ fn truncated_action_is_closed_before_the_tool_turn() {
     assert_eq!(a0.finish, FinishReason::Length);
     assert_eq!(a0.tool_output.as_deref(), Some("42\n"), "a closed fence runs even in a truncated reply");
     let im_end = tok().token_id("<|im_end|>").unwrap();
-    let delta = user_turn_delta(tok(), "42\n").unwrap();
+    let delta = observation_delta(tok(), "42\n").unwrap();
     assert_eq!(delta.end_of_turn, im_end);
     assert_eq!(a1.context, [a0.context.clone(), a0.tokens.clone(), vec![im_end], enc(&delta.text)].concat());
     assert_eq!(a1.finish, FinishReason::Length);
@@ -338,7 +354,9 @@ fn cpu_engine_rollouts_are_reproducible_from_the_seed() {
     let tasks = [(0, &ta), (5, &tb)];
     let go = |seed: u64| {
         let dir = tempfile::tempdir().unwrap();
-        let mut eps = run_episodes(&engines, tok(), &cfg, &tasks, 2, Phase::Train, seed, dir.path()).unwrap();
+        let mut eps =
+            run_episodes(&engines, tok(), &cfg, &tasks, 2, Phase::Train, seed, dir.path(), &mut |_, _, _| Ok(()))
+                .unwrap();
         eps.iter_mut().for_each(|e| e.workdir = Default::default());
         eps
     };
@@ -358,7 +376,7 @@ fn cpu_engine_rollouts_are_reproducible_from_the_seed() {
 }
 
 #[test]
-fn user_turn_delta_comes_from_the_template() {
+fn observation_delta_comes_from_the_template() {
     let m = common::tiny_chat_model(0);
     let spec = TokenizerSpec {
         chat_template: Some(
@@ -369,14 +387,37 @@ fn user_turn_delta_comes_from_the_template() {
         ..m.tokenizer.clone()
     };
     let custom = Tokenizer::new(&spec, &m.config).unwrap();
-    let delta = user_turn_delta(&custom, "  42\n").unwrap();
+    let delta = observation_delta(&custom, "  42\n").unwrap();
     assert_eq!(delta.text, "\n\n<|im_start|>[user]: 42<|im_end|>\n\n<|im_start|>[assistant]: ");
     assert_eq!(delta.end_of_turn, custom.token_id("<|im_end|>").unwrap());
     // SmolLM2's own ChatML template.
     assert_eq!(
-        user_turn_delta(tok(), "out").unwrap().text,
+        observation_delta(tok(), "out").unwrap().text,
         "\n<|im_start|>user\nout<|im_end|>\n<|im_start|>assistant\n"
     );
+}
+
+#[test]
+fn tool_output_takes_the_templates_tool_markup() {
+    // A Qwen2.5-style template: tool messages become a user turn wrapped in <tool_response>.
+    let m = common::tiny_chat_model(0);
+    let spec = TokenizerSpec {
+        chat_template: Some(
+            "{% for m in messages %}{% if m.role == \"tool\" %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n\
+             </tool_response><|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}\
+             {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+                .into(),
+        ),
+        ..m.tokenizer.clone()
+    };
+    let qwen_like = Tokenizer::new(&spec, &m.config).unwrap();
+    assert_eq!(observation_role(&qwen_like), "tool");
+    assert_eq!(
+        observation_delta(&qwen_like, "42\n").unwrap().text,
+        "\n<|im_start|>user\n<tool_response>\n42\n\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    );
+    // SmolLM2's template has no tool role: the output is a plain user turn.
+    assert_eq!(observation_role(tok()), "user");
 }
 
 #[test]

@@ -178,6 +178,11 @@ pub fn expected_score(first: &[(String, f32)], after_one: &[(String, f32)]) -> R
 }
 
 impl CoachBackend for LocalCoach {
+    /// The coach model runs on the cores the rollout uses, and scores best as one batch.
+    fn overlaps_rollout(&self) -> bool {
+        false
+    }
+
     fn complete(&self, messages: &[ChatMessage]) -> Result<String> {
         let req: &CoachRequest = &CoachRequest::default();
         self.reply_all(&[(req, messages)], 1).pop().expect("one reply").0

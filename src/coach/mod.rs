@@ -7,8 +7,9 @@
 //! retries, the action is [`CoachOutcome::Unscored`]: the caller leaves it out of training and counts
 //! it. There is no fallback score (section 8, item 5). Every exchange goes to the [`CoachLog`].
 //!
-//! Coach calls need not block rollouts (section 8, item 9): [`Coach::score_all`] scores many actions at once
-//! (worker threads, or one batch for a local model), and [`Coach::spawn_score_all`] does so in the background.
+//! Coach calls need not block rollouts (section 8, item 9): [`Coach::score_during`] scores each action as soon
+//! as the rollout produces it, while the rollout goes on; [`Coach::score_all`] scores many actions at once
+//! (worker threads, or one batch for a local model).
 //!
 //! Backends implement [`CoachBackend`]: [`HttpCoach`] (OpenAI-compatible API), [`RuleCoach`] (graded
 //! answers), [`LocalCoach`] (a model run by the engine).
@@ -32,8 +33,8 @@ use crate::tokenizer::ChatMessage;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
+use std::thread;
 use std::time::Instant;
 
 /// One action to score: what the agent is, what it saw, and what it did.
@@ -80,6 +81,13 @@ pub trait CoachBackend: Send + Sync {
     fn reply(&self, req: &CoachRequest, messages: &[ChatMessage]) -> Result<String> {
         let _ = req;
         self.complete(messages)
+    }
+
+    /// Whether scoring may run while the rollout does ([`Coach::score_during`]): true for backends that wait on
+    /// something else (a server, a rule); a local model shares the rollout's compute and answers in one batch
+    /// afterwards instead.
+    fn overlaps_rollout(&self) -> bool {
+        true
     }
 
     /// Replies to many exchanges, in order, each with its latency in milliseconds. The default runs `reply`
@@ -226,14 +234,45 @@ impl Coach {
         result.map_err(|e| format!("coach backend failed on attempt {attempt}: {e:#}"))
     }
 
-    /// [`Coach::score_all`] on a background thread, so rollouts can go on while the coach works.
-    pub fn spawn_score_all(
-        self: &Arc<Self>,
-        reqs: Vec<CoachRequest>,
+    /// Scores the requests `produce` submits while it runs (the rollout), each as soon as it is submitted, on
+    /// `concurrency` worker threads: the step then takes about max(rollout, coach), not their sum. Returns what
+    /// `produce` returned and one outcome per submitted request, in submission order. A backend that does not
+    /// overlap the rollout ([`CoachBackend::overlaps_rollout`]) scores them all at once after `produce`.
+    pub fn score_during<R>(
+        &self,
         concurrency: usize,
-    ) -> Result<JoinHandle<Vec<CoachOutcome>>> {
-        let coach = Arc::clone(self);
-        Ok(thread::Builder::new().name("coach".into()).spawn(move || coach.score_all(reqs, concurrency))?)
+        produce: impl FnOnce(&mut dyn FnMut(CoachRequest)) -> R,
+    ) -> (R, Vec<CoachOutcome>) {
+        if !self.backend.overlaps_rollout() {
+            let mut reqs = Vec::new();
+            let produced = produce(&mut |req| reqs.push(req));
+            return (produced, self.score_all(reqs, concurrency));
+        }
+        let (jobs, queue) = mpsc::channel::<(usize, CoachRequest)>();
+        let queue = Mutex::new(queue);
+        let done = Mutex::new(Vec::new());
+        let produced = thread::scope(|s| {
+            for _ in 0..concurrency.max(1) {
+                s.spawn(|| loop {
+                    // The lock is released before scoring, so workers score in parallel.
+                    let job = lock(&queue).recv();
+                    let Ok((i, req)) = job else { return };
+                    let outcome = self.score_all(vec![req], 1).pop().expect("one outcome per request");
+                    lock(&done).push((i, outcome));
+                });
+            }
+            let mut submitted = 0;
+            let produced = produce(&mut |req| {
+                // The workers outlive `produce` (they end when `jobs` is dropped), so a send cannot fail.
+                let _ = jobs.send((submitted, req));
+                submitted += 1;
+            });
+            drop(jobs);
+            produced
+        });
+        let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
+        done.sort_unstable_by_key(|(i, _)| *i);
+        (produced, done.into_iter().map(|(_, outcome)| outcome).collect())
     }
 }
 

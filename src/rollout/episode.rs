@@ -12,7 +12,7 @@ use crate::engine::Generation;
 use crate::grade::grade;
 use crate::run_config::{RunConfig, Tool};
 use crate::sample::SamplingParams;
-use crate::sandbox::run_python;
+use crate::sandbox::{host_failure, run_python};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
@@ -25,6 +25,9 @@ pub enum Phase {
     Eval,
 }
 
+/// What [`run_episodes`] calls with each completed action: the episode's position, the episode, its task.
+pub type OnAction<'a> = dyn FnMut(usize, &Episode, &Task) -> Result<()> + 'a;
+
 /// One episode while it runs.
 struct Live<'t> {
     ep: Episode,
@@ -35,8 +38,13 @@ struct Live<'t> {
 
 /// Runs `samples_per_task` episodes of the whole pipeline for every `(task_index, task)`. `engines[i]`
 /// generates for agent `i`. Episodes come back task by task, samples in order; episode `n` of that order
-/// works in `<work_root>/ep-<n>`. Errors: engine or host-side sandbox failures, template or tokenizer
-/// failures; a prompt over `rl.max_prompt_tokens` is not an error but a [`SkippedAction`].
+/// works in `<work_root>/ep-<n>`. Errors: engine, template or tokenizer failures, or a working directory that
+/// cannot be made; a prompt over `rl.max_prompt_tokens` is not an error but a [`SkippedAction`], and a sandbox
+/// that fails on the host is the action's tool error ([`host_failure`]).
+///
+/// `on_action(n, episode, task)` is called as soon as an action is complete (its tool run included), with
+/// the episode so far (the action is its last) and its position `n` in the returned order, so the coach can
+/// score it while the rollout goes on; an error from it ends the rollout.
 #[allow(clippy::too_many_arguments)] // the rollout's inputs, each needed
 pub fn run_episodes(
     engines: &[&dyn Generator],
@@ -47,6 +55,7 @@ pub fn run_episodes(
     phase: Phase,
     seed: u64,
     work_root: &Path,
+    on_action: &mut OnAction,
 ) -> Result<Vec<Episode>> {
     if cfg.agents.is_empty() {
         bail!("the run configuration has no agents");
@@ -73,7 +82,7 @@ pub fn run_episodes(
         }
     }
     for (i, engine) in engines.iter().enumerate() {
-        run_agent(*engine, tok, cfg, &prompts, i, phase, seed, &mut live)?;
+        run_agent(*engine, tok, cfg, &prompts, i, phase, seed, &mut live, on_action)?;
     }
     Ok(live.into_iter().map(|l| finish(cfg, l)).collect())
 }
@@ -89,6 +98,7 @@ fn run_agent(
     phase: Phase,
     seed: u64,
     live: &mut [Live],
+    on_action: &mut OnAction,
 ) -> Result<()> {
     let agent = &cfg.agents[i];
     let uses_python = agent.tools.contains(&Tool::Python);
@@ -152,21 +162,23 @@ fn run_agent(
         for (req, g) in reqs.into_iter().zip(gens) {
             records.push(record(tok, i, turn, req.prompt, g, uses_python)?);
         }
-        records.par_iter_mut().zip(acting.par_iter()).try_for_each(|(rec, &e)| -> Result<()> {
+        // A host-side failure (no interpreter, an unwritable directory, a failed spawn) is the action's tool
+        // error: the agent sees it, the coach scores it, the run counts it and goes on.
+        records.par_iter_mut().zip(acting.par_iter()).for_each(|(rec, &e)| {
             let dir = &dirs[e];
             if let Some(code) = &rec.code {
-                let out = run_python(code, dir, &sandbox)
-                    .with_context(|| format!("episode {e}, agent `{}`, turn {turn}: sandbox", agent.name))?;
-                rec.tool_output = Some(out.render());
+                rec.tool_output = Some(match run_python(code, dir, &sandbox) {
+                    Ok(out) => out.render(),
+                    Err(err) => host_failure(&err),
+                });
             }
-            rec.files = list_files(dir)?;
-            Ok(())
-        })?;
+            rec.files = list_files(dir).unwrap_or_default();
+        });
         for (rec, e) in records.into_iter().zip(acting) {
             let slot = &mut contexts[e];
             match (&rec.tool_output, slot.as_mut()) {
                 (Some(out), Some(ctx)) if turn + 1 < agent.max_actions as usize => {
-                    ctx.push_turn(tok, &rec.tokens, out)?
+                    ctx.push_observation(tok, &rec.tokens, out)?
                 }
                 _ => *slot = None,
             }
@@ -174,6 +186,7 @@ fn run_agent(
                 live[e].tool_results[i] = out.clone();
             }
             live[e].ep.actions.push(rec);
+            on_action(e, &live[e].ep, live[e].task)?;
         }
     }
     for l in live.iter_mut() {

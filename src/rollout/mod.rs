@@ -4,16 +4,17 @@
 //! One episode = one task x one sample. Agents act in the configured order; an agent's prompt is its
 //! template rendered as one user message (`prompt`). A tool agent's reply may contain Python (`text`);
 //! the code runs in the sandbox in the agent's working directory (`workdir`), and while the agent has
-//! actions left its output comes back as the next user turn of the same token context (`context`). An
-//! agent is done after a reply without code or after `max_actions`. Its final output (think-stripped when
-//! configured) and last tool observation feed later agents' prompts.
+//! actions left its output comes back as the next turn of the same token context, in the template's tool
+//! markup (`context`). An agent is done after a reply without code or after `max_actions`. Its final output
+//! (think-stripped when configured) and last tool observation feed later agents' prompts.
 //!
 //! Batching ([`run_episodes`]): all episodes advance together, agent by agent and turn by turn; each
 //! (agent, turn) is ONE [`Generator::generate_batch`] call holding every episode still acting. Request seeds
 //! derive from (seed, task, sample, agent, turn), so a run is reproducible and independent of batch
 //! composition.
 //!
-//! After the rollout, [`coach_request`] turns any action into what the coach scores.
+//! [`coach_request`] turns any action into what the coach scores, as soon as the action is complete
+//! ([`run_episodes`]' `on_action`) or after the rollout.
 mod coach;
 mod context;
 mod episode;
@@ -23,8 +24,8 @@ mod text;
 mod workdir;
 
 pub use coach::coach_request;
-pub use context::{user_turn_delta, ChatContext, UserTurnDelta};
-pub use episode::{run_episodes, Phase};
+pub use context::{observation_delta, observation_role, ChatContext, TurnDelta};
+pub use episode::{run_episodes, OnAction, Phase};
 pub use generator::{GenRequest, Generator};
 pub use prompt::{AgentPrompts, PromptInputs};
 pub use text::{extract_python_code, strip_think};

@@ -38,7 +38,8 @@ pub struct StepMetrics {
     pub tool_call_rate: Option<f64>,
     /// Share of the step's episodes whose final answer graded correct.
     pub train_accuracy: Option<f64>,
-    /// Seconds of the whole step's phases (the same in every agent's line).
+    /// Seconds of the whole step's phases (the same in every agent's line): the rollout (the coach scoring
+    /// alongside), then waiting for the coach's last scores, then training.
     pub rollout_s: f64,
     pub coach_s: f64,
     pub train_s: f64,

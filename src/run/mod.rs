@@ -2,8 +2,9 @@
 //!
 //! 1. rollouts: the step's tasks x `samples_per_prompt` episodes of the whole pipeline, every agent on its own
 //!    weights (`rollout::run_episodes`, batched per agent turn);
-//! 2. coach: every action of every episode scored 0-10 (concurrently, `coach.concurrency` calls in flight);
-//!    an unscored action is left out of training and counted; the reward is score / 10;
+//! 2. coach: every action of every episode scored 0-10, as soon as it is complete, while the rollout goes on
+//!    (`coach.concurrency` calls in flight; [`rollout_and_score`]); an unscored action is left out of training
+//!    and counted; the reward is score / 10;
 //! 3. training: per agent, its scored actions become samples of exactly the context it saw plus its tokens,
 //!    and its `Trainer` takes the REINFORCE++ step against the frozen reference;
 //! 4. one `metrics.jsonl` line per agent; evaluation every `eval_every` steps (`eval.jsonl`); checkpoints
@@ -11,8 +12,9 @@
 //!
 //! Nothing is lost without a word: actions the coach could not score and actions never generated (a
 //! context past `rl.max_prompt_tokens`) are counted in the metrics and said on stderr with their first
-//! reason, and a run fails (an error naming the cause) after `run.max_untrained_steps` consecutive steps
-//! that trained no agent, or at its end if it trained nothing at all.
+//! reason (so are tool runs the sandbox failed on the host, which the agents saw as tool errors), and a run
+//! fails (an error naming the cause) after `run.max_untrained_steps` consecutive steps that trained no agent,
+//! or at its end if it trained nothing at all.
 //!
 //! Everything random derives from `run.seed` and the step, so `--resume` from a checkpoint repeats the
 //! following steps exactly (timings aside). The run directory holds the resolved `config.toml`, the
@@ -148,24 +150,12 @@ impl Run {
         let tasks: Vec<(usize, &Task)> = picked.iter().map(|&i| (i, &self.train[i])).collect();
 
         bar.set_message(format!("rollout: {} episodes", tasks.len() * self.cfg.rl.samples_per_prompt));
-        let t0 = Instant::now();
-        let work = self.dir.join("work").join("train");
         let engines: Vec<&dyn Generator> = self.agents.iter().map(|t| &t.model as &dyn Generator).collect();
-        let episodes = run_episodes(
-            &engines,
-            &self.tok,
-            &self.cfg,
-            &tasks,
-            self.cfg.rl.samples_per_prompt,
-            Phase::Train,
-            derive_seed(&[seed, step, 0]),
-            &work,
-        )?;
-        let rollout_s = t0.elapsed().as_secs_f64();
-
-        let t1 = Instant::now();
-        let (scores, unscored) = self.score(&episodes, bar)?;
-        let coach_s = t1.elapsed().as_secs_f64();
+        let work = self.dir.join("work").join("train");
+        let step_seed = derive_seed(&[seed, step, 0]);
+        let coach = self.coach.as_ref();
+        let Scored { episodes, scores, unscored, rollout_s, coach_s } =
+            rollout_and_score(&engines, &self.tok, &self.cfg, &tasks, coach, step_seed, &work)?;
         self.losses = Losses::of(&episodes, unscored, self.cfg.rl.mask_truncated);
         if let Some(said) = self.losses.summary() {
             bar.suspend(|| eprintln!("step {}: {said}", step + 1));
@@ -193,40 +183,6 @@ impl Run {
         Ok(out)
     }
 
-    /// Coach scores per episode and action (`None`: unscored), and the reasons of the unscored.
-    fn score(&self, episodes: &[Episode], bar: &ProgressBar) -> Result<(Vec<Vec<Option<f32>>>, Vec<String>)> {
-        let Some(coach) = &self.coach else { return Ok(outcome_scores(episodes)) };
-        let mut reqs = Vec::new();
-        for ep in episodes {
-            for a in 0..ep.actions.len() {
-                reqs.push(coach_request(ep, a, &self.cfg, &self.tok, &self.train[ep.task_index])?);
-            }
-        }
-        bar.set_message(format!("coach: {} actions", reqs.len()));
-        let mut outcomes = coach.score_all(reqs, self.cfg.coach.concurrency).into_iter();
-        let mut reasons = Vec::new();
-        let scores = episodes
-            .iter()
-            .map(|ep| {
-                ep.actions
-                    .iter()
-                    .map(|_| match outcomes.next() {
-                        Some(CoachOutcome::Scored { score, .. }) => Some(score),
-                        Some(CoachOutcome::Unscored { reason }) => {
-                            reasons.push(reason);
-                            None
-                        }
-                        None => {
-                            reasons.push("the coach returned fewer outcomes than actions".into());
-                            None
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok((scores, reasons))
-    }
-
     /// Evaluates the current agents on every eval set at the eval temperature; appends to `eval.jsonl`.
     pub fn evaluate(&self) -> Result<()> {
         let engines: Vec<&dyn Generator> = self.agents.iter().map(|t| &t.model as &dyn Generator).collect();
@@ -235,7 +191,10 @@ impl Run {
             let work = self.dir.join("work").join("eval");
             let seed = derive_seed(&[self.cfg.run.seed, self.step, 2]);
             let k = self.cfg.rl.eval_samples_per_prompt;
-            let episodes = run_episodes(&engines, &self.tok, &self.cfg, &indexed, k, Phase::Eval, seed, &work)?;
+            let episodes =
+                run_episodes(&engines, &self.tok, &self.cfg, &indexed, k, Phase::Eval, seed, &work, &mut |_, _, _| {
+                    Ok(())
+                })?;
             let summary = summarize(name, self.step, &self.cfg, &episodes, None)?;
             eprintln!(
                 "eval {name} @ step {}: avg@{k} {:.3} ± {:.3}, pass@{k} {:.3} ± {:.3}",
@@ -257,6 +216,67 @@ impl Run {
             self.cfg.agents.iter().zip(&self.agents).map(|(a, t)| (a.name.as_str(), t)).collect();
         checkpoint::save(&self.dir, self.step, &named, &self.base)
     }
+}
+
+/// A step's episodes with every action's score.
+pub struct Scored {
+    pub episodes: Vec<Episode>,
+    /// Per episode and action: the score, or None when the coach could not score it.
+    pub scores: Vec<Vec<Option<f32>>>,
+    /// Why each unscored action is unscored.
+    pub unscored: Vec<String>,
+    /// Seconds of the rollout (the coach working alongside), then of waiting for the coach's last scores.
+    pub rollout_s: f64,
+    pub coach_s: f64,
+}
+
+/// Runs one step's episodes (`rl.samples_per_prompt` per task) and scores every action: by `coach`, each
+/// action as soon as it is complete, while the rollout goes on ([`Coach::score_during`]), so the step takes
+/// about max(rollout, coach) rather than their sum; without a coach, by the episode's outcome
+/// ([`outcome_scores`]).
+pub fn rollout_and_score(
+    engines: &[&dyn Generator],
+    tok: &Tokenizer,
+    cfg: &RunConfig,
+    tasks: &[(usize, &Task)],
+    coach: Option<&Coach>,
+    seed: u64,
+    work: &Path,
+) -> Result<Scored> {
+    let samples = cfg.rl.samples_per_prompt;
+    let start = Instant::now();
+    let Some(coach) = coach else {
+        let episodes =
+            run_episodes(engines, tok, cfg, tasks, samples, Phase::Train, seed, work, &mut |_, _, _| Ok(()))?;
+        let rollout_s = start.elapsed().as_secs_f64();
+        let (scores, unscored) = outcome_scores(&episodes);
+        return Ok(Scored { episodes, scores, unscored, rollout_s, coach_s: 0.0 });
+    };
+    // (episode, action) of each request submitted to the coach, in submission order.
+    let mut keys = Vec::new();
+    let mut rollout_s = 0.0;
+    let (episodes, outcomes) = coach.score_during(cfg.coach.concurrency, |submit| {
+        let mut on_action = |n: usize, ep: &Episode, task: &Task| {
+            let a = ep.actions.len() - 1;
+            submit(coach_request(ep, a, cfg, tok, task)?);
+            keys.push((n, a));
+            Ok(())
+        };
+        let episodes = run_episodes(engines, tok, cfg, tasks, samples, Phase::Train, seed, work, &mut on_action);
+        rollout_s = start.elapsed().as_secs_f64();
+        episodes
+    });
+    let episodes = episodes?;
+    let coach_s = start.elapsed().as_secs_f64() - rollout_s;
+    let mut scores: Vec<Vec<Option<f32>>> = episodes.iter().map(|ep| vec![None; ep.actions.len()]).collect();
+    let mut unscored = Vec::new();
+    for ((n, a), outcome) in keys.into_iter().zip(outcomes) {
+        match outcome {
+            CoachOutcome::Scored { score, .. } => scores[n][a] = Some(score),
+            CoachOutcome::Unscored { reason } => unscored.push(reason),
+        }
+    }
+    Ok(Scored { episodes, scores, unscored, rollout_s, coach_s })
 }
 
 /// The outcome-only baseline's scores: every action of an episode gets 10 x its final answer's correctness;
@@ -308,6 +328,8 @@ struct Losses {
     skipped: Vec<String>,
     /// Truncated actions, left out of the loss by `rl.mask_truncated`.
     masked: usize,
+    /// Tool outputs of actions whose code the sandbox could not run on the host.
+    host_failures: Vec<String>,
 }
 
 impl Losses {
@@ -321,10 +343,14 @@ impl Losses {
                 true => actions().filter(|a| a.finish == crate::engine::FinishReason::Length).count(),
                 false => 0,
             },
+            host_failures: actions()
+                .filter_map(|a| a.tool_output.clone().filter(|o| o.starts_with(crate::sandbox::HOST_FAILURE)))
+                .collect(),
         }
     }
 
-    /// The unscored and skipped actions, with the first reason of each, or None when there were none.
+    /// The unscored and skipped actions and the sandbox's host failures, with the first reason of each, or
+    /// None when there were none.
     fn summary(&self) -> Option<String> {
         let mut parts = Vec::new();
         if let Some(first) = self.unscored.first() {
@@ -332,6 +358,9 @@ impl Losses {
         }
         if let Some(first) = self.skipped.first() {
             parts.push(format!("{} actions not generated ({first})", self.skipped.len()));
+        }
+        if let Some(first) = self.host_failures.first() {
+            parts.push(format!("{} tool runs failed on the host ({})", self.host_failures.len(), first.trim()));
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
