@@ -39,3 +39,7 @@ pub fn setup_home() -> Option<PathBuf> {
 
 /// SmolLM2-135M-Instruct as tools/setup.sh installs it, relative to `setup_home()`.
 pub const SMOLLM2_GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The interpreter of the data-science environment tools/setup.sh installs (pinned numpy, pandas and
+/// scikit-learn, for the DSBench pipeline's Python tool), relative to `setup_home()`.
+pub const PY_DS: &str = "py-ds/bin/python";

@@ -833,7 +833,7 @@ fn the_coach_scores_each_action_while_the_rollout_goes_on() {
     let start = Instant::now();
     let episodes = mappa::rollout::run_episodes(
         &engines,
-        tok,
+        &[tok; 3],
         &cfg,
         &indexed,
         2,
@@ -857,7 +857,7 @@ fn the_coach_scores_each_action_while_the_rollout_goes_on() {
 
     // Overlapped: the step's own path.
     let start = Instant::now();
-    let step = mappa::run::rollout_and_score(&engines, tok, &cfg, &indexed, Some(&coach), 1, dir.path()).unwrap();
+    let step = mappa::run::rollout_and_score(&engines, &[tok; 3], &cfg, &indexed, Some(&coach), 1, dir.path()).unwrap();
     let overlapped = start.elapsed();
     assert_eq!(step.episodes, episodes, "the same rollout");
     assert!(step.unscored.is_empty(), "{:?}", step.unscored);

@@ -112,7 +112,7 @@ fn team() -> [Scripted; 3] {
 fn run(engines: &[Scripted; 3], cfg: &RunConfig, tasks: &[Task], samples: usize, root: &Path) -> Vec<Episode> {
     let engines: Vec<&dyn Generator> = engines.iter().map(|e| e as &dyn Generator).collect();
     let tasks: Vec<(usize, &Task)> = tasks.iter().enumerate().collect();
-    run_episodes(&engines, tok(), cfg, &tasks, samples, Phase::Train, 7, root, &mut |_, _, _| Ok(())).unwrap()
+    run_episodes(&engines, &[tok(); 3], cfg, &tasks, samples, Phase::Train, 7, root, &mut |_, _, _| Ok(())).unwrap()
 }
 
 fn actions_of(ep: &Episode, agent: usize) -> Vec<&mappa::rollout::ActionRecord> {
@@ -355,7 +355,7 @@ fn cpu_engine_rollouts_are_reproducible_from_the_seed() {
     let go = |seed: u64| {
         let dir = tempfile::tempdir().unwrap();
         let mut eps =
-            run_episodes(&engines, tok(), &cfg, &tasks, 2, Phase::Train, seed, dir.path(), &mut |_, _, _| Ok(()))
+            run_episodes(&engines, &[tok(); 3], &cfg, &tasks, 2, Phase::Train, seed, dir.path(), &mut |_, _, _| Ok(()))
                 .unwrap();
         eps.iter_mut().for_each(|e| e.workdir = Default::default());
         eps

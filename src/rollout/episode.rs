@@ -5,12 +5,12 @@ use super::context::ChatContext;
 use super::generator::{GenRequest, Generator};
 use super::prompt::{AgentPrompts, PromptInputs};
 use super::text::{extract_python_code, strip_think};
-use super::workdir::{agent_dir, episode_dir, fresh_episode_dir, list_files};
+use super::workdir::{agent_dir, episode_dir, fresh_episode_dir, list_files, stage_files};
 use super::{ActionRecord, Episode, SkippedAction};
 use crate::data::{derive_seed, Task};
 use crate::engine::Generation;
 use crate::grade::grade;
-use crate::run_config::{RunConfig, Tool};
+use crate::run_config::{RunConfig, Tool, WorkdirScope};
 use crate::sample::SamplingParams;
 use crate::sandbox::{host_failure, run_python};
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -37,7 +37,7 @@ struct Live<'t> {
 }
 
 /// Runs `samples_per_task` episodes of the whole pipeline for every `(task_index, task)`. `engines[i]`
-/// generates for agent `i`. Episodes come back task by task, samples in order; episode `n` of that order
+/// generates for agent `i`, whose contexts `toks[i]` (its own tokenizer and chat template) builds. Episodes come back task by task, samples in order; episode `n` of that order
 /// works in `<work_root>/ep-<n>`. Errors: engine, template or tokenizer failures, or a working directory that
 /// cannot be made; a prompt over `rl.max_prompt_tokens` is not an error but a [`SkippedAction`], and a sandbox
 /// that fails on the host is the action's tool error ([`host_failure`]).
@@ -48,7 +48,7 @@ struct Live<'t> {
 #[allow(clippy::too_many_arguments)] // the rollout's inputs, each needed
 pub fn run_episodes(
     engines: &[&dyn Generator],
-    tok: &Tokenizer,
+    toks: &[&Tokenizer],
     cfg: &RunConfig,
     tasks: &[(usize, &Task)],
     samples_per_task: usize,
@@ -60,8 +60,13 @@ pub fn run_episodes(
     if cfg.agents.is_empty() {
         bail!("the run configuration has no agents");
     }
-    if engines.len() != cfg.agents.len() {
-        bail!("{} engines for {} agents: each agent needs its own", engines.len(), cfg.agents.len());
+    if engines.len() != cfg.agents.len() || toks.len() != cfg.agents.len() {
+        bail!(
+            "{} engines and {} tokenizers for {} agents: each agent needs its own",
+            engines.len(),
+            toks.len(),
+            cfg.agents.len()
+        );
     }
     let prompts = AgentPrompts::new(cfg)?;
     let mut live = Vec::with_capacity(tasks.len() * samples_per_task);
@@ -82,7 +87,7 @@ pub fn run_episodes(
         }
     }
     for (i, engine) in engines.iter().enumerate() {
-        run_agent(*engine, tok, cfg, &prompts, i, phase, seed, &mut live, on_action)?;
+        run_agent(*engine, toks[i], cfg, &prompts, i, phase, seed, &mut live, on_action)?;
     }
     Ok(live.into_iter().map(|l| finish(cfg, l)).collect())
 }
@@ -109,8 +114,13 @@ fn run_agent(
     };
     let dirs: Vec<PathBuf> = live.iter().map(|l| agent_dir(&l.ep.workdir, cfg.sandbox.workdir, &agent.name)).collect();
     let mut contexts: Vec<Option<ChatContext>> = Vec::with_capacity(live.len());
+    // A shared directory is staged once, before the first agent; each agent's own, as it is made.
+    let stage = i == 0 || cfg.sandbox.workdir == WorkdirScope::Agent;
     for (l, dir) in live.iter().zip(&dirs) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating working directory {}", dir.display()))?;
+        if stage {
+            stage_files(l.task, &cfg.data, dir)?;
+        }
         let files = list_files(dir)?;
         let names = cfg.agents[..i].iter().map(|a| a.name.as_str());
         let inputs = PromptInputs {

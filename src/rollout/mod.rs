@@ -29,7 +29,7 @@ pub use episode::{run_episodes, OnAction, Phase};
 pub use generator::{GenRequest, Generator};
 pub use prompt::{AgentPrompts, PromptInputs};
 pub use text::{extract_python_code, strip_think};
-pub use workdir::{agent_dir, episode_dir, list_files};
+pub use workdir::{agent_dir, episode_dir, list_files, staged_sources};
 
 use crate::engine::FinishReason;
 use serde::Serialize;

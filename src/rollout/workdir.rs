@@ -1,8 +1,11 @@
 //! Working directories of an episode: `<work_root>/ep-<n>/`, shared by all agents when the sandbox scope
-//! is `episode`, else one `<work_root>/ep-<n>/<agent>/` per agent. Nothing is staged into them; an
-//! episode directory left over from an earlier run is removed first, so every episode starts empty.
-use crate::run_config::WorkdirScope;
-use anyhow::{Context, Result};
+//! is `episode` (so the files one agent saves reach the next, as in MAPPA's DSBench pipeline), else one
+//! `<work_root>/ep-<n>/<agent>/` per agent. An episode directory left over from an earlier run is removed
+//! first; then the task's `data.stage_files` (e.g. its train.csv and test.csv) are copied in, so every
+//! episode starts with exactly those.
+use crate::data::{field, Task};
+use crate::run_config::{DataConfig, WorkdirScope};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub fn episode_dir(work_root: &Path, n: usize) -> PathBuf {
@@ -37,4 +40,26 @@ pub fn list_files(dir: &Path) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// The files `data.stage_files` gives `task`: (name in the working directory, source path under
+/// `data.files_root`). Errors name the task and the field when the record lacks it.
+pub fn staged_sources(task: &Task, data: &DataConfig) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::with_capacity(data.stage_files.len());
+    for (name, path_field) in &data.stage_files {
+        let Some(serde_json::Value::String(rel)) = field(&task.record, path_field) else {
+            bail!("task `{}`: data.stage_files.\"{name}\" names field `{path_field}`, which is not a string", task.id)
+        };
+        out.push((name.clone(), data.files_root.join(rel)));
+    }
+    Ok(out)
+}
+
+/// Copies `task`'s staged files into `dir`.
+pub fn stage_files(task: &Task, data: &DataConfig, dir: &Path) -> Result<()> {
+    for (name, source) in staged_sources(task, data)? {
+        std::fs::copy(&source, dir.join(&name))
+            .with_context(|| format!("task `{}`: staging {} as {name}", task.id, source.display()))?;
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 use crate::hf::write_dir;
 use crate::loader::LoadedModel;
 use crate::tensor::DType;
+use crate::tokenizer::TokenizerSpec;
 use crate::trainer::Trainer;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -25,8 +26,9 @@ pub fn dir(run_dir: &Path, step: u64) -> PathBuf {
 
 /// Writes every agent's weights and optimizer state and the state file into a temporary directory beside
 /// the checkpoints, then renames it into place as a whole: a checkpoint either exists complete or not at
-/// all, whenever the process dies. `base` supplies the tokenizer files written beside the weights.
-pub fn save(run_dir: &Path, step: u64, agents: &[(&str, &Trainer)], base: &LoadedModel) -> Result<PathBuf> {
+/// all, whenever the process dies. Each agent comes with the tokenizer files written beside its weights (its
+/// base model's).
+pub fn save(run_dir: &Path, step: u64, agents: &[(&str, &Trainer, &TokenizerSpec)]) -> Result<PathBuf> {
     let d = dir(run_dir, step);
     let root = run_dir.join("checkpoints");
     let tmp = root.join(format!("{PARTIAL_PREFIX}{step:06}.{}", std::process::id()));
@@ -34,12 +36,12 @@ pub fn save(run_dir: &Path, step: u64, agents: &[(&str, &Trainer)], base: &Loade
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
-        for (name, t) in agents {
+        for (name, t, tokenizer) in agents {
             let out = tmp.join(name);
             let m = LoadedModel {
                 config: t.model.config().clone(),
                 weights: t.model.weights()?,
-                tokenizer: base.tokenizer.clone(),
+                tokenizer: (*tokenizer).clone(),
                 path: out.clone(),
             };
             write_dir(&m, &out, DType::F32).with_context(|| format!("writing checkpoint {}", out.display()))?;

@@ -2,12 +2,11 @@
 //! with the numbers instead of being killed by the kernel hours in.
 //!
 //! Per trained agent: f32 weights, f32 gradients and the two f32 AdamW moments (16 B a parameter); the
-//! frozen reference's f32 weights (4 B); the engine's KV pool while generating; the training pass's packed
-//! micro-batch (with recomputation: each layer's input, one layer's internals and a vocabulary chunk of
+//! frozen references' f32 weights (4 B, once per distinct base model); the engine's KV pool while
+//! generating; the training pass's packed micro-batch (with recomputation: each layer's input, one layer's internals and a vocabulary chunk of
 //! logits). A local coach model is loaded before the check, so what it takes is already gone from what is
 //! available.
 use crate::config::ModelConfig;
-use crate::run_config::RunConfig;
 use anyhow::{bail, Context, Result};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -16,28 +15,36 @@ const GIB: f64 = (1u64 << 30) as f64;
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryEstimate {
     pub agents: usize,
+    /// Parameters of all agents together.
     pub params: usize,
     /// Weights, gradients and AdamW moments of every agent.
     pub training_state: u64,
+    /// The frozen references: one per distinct base model.
     pub reference: u64,
     pub kv_pool: u64,
     pub activations: u64,
 }
 
 impl MemoryEstimate {
-    pub fn of(cfg: &RunConfig, model: &ModelConfig, params: usize) -> MemoryEstimate {
-        let p = params as u64;
+    /// The estimate for a team whose agent `i` starts from base model `bases[base_of[i]]` (its config and
+    /// parameter count).
+    pub fn of(bases: &[(&ModelConfig, usize)], base_of: &[usize]) -> MemoryEstimate {
         let tokens = crate::run::MICRO_BATCH_TOKENS as u64;
-        let (h, layers) = (model.hidden_size as u64, model.num_layers as u64);
-        let layer_internals =
-            3 * h + 2 * model.q_dim() as u64 + 2 * model.kv_dim() as u64 + 3 * model.intermediate_size as u64;
+        let activations = |model: &ModelConfig| {
+            let (h, layers) = (model.hidden_size as u64, model.num_layers as u64);
+            let layer_internals =
+                3 * h + 2 * model.q_dim() as u64 + 2 * model.kv_dim() as u64 + 3 * model.intermediate_size as u64;
+            tokens * 4 * (h * layers + layer_internals + crate::cpu::train::VOCAB_CHUNK as u64)
+        };
+        let params: usize = base_of.iter().map(|&b| bases[b].1).sum();
         MemoryEstimate {
-            agents: cfg.agents.len(),
+            agents: base_of.len(),
             params,
-            training_state: cfg.agents.len() as u64 * p * 16,
-            reference: p * 4,
+            training_state: params as u64 * 16,
+            reference: bases.iter().map(|(_, p)| *p as u64 * 4).sum(),
             kv_pool: crate::engine::EngineConfig::default().kv_bytes as u64,
-            activations: tokens * 4 * (h * layers + layer_internals + crate::cpu::train::VOCAB_CHUNK as u64),
+            // One agent trains at a time.
+            activations: bases.iter().map(|(m, _)| activations(m)).max().unwrap_or(0),
         }
     }
 
@@ -51,9 +58,9 @@ impl MemoryEstimate {
             return Ok(());
         }
         bail!(
-            "this run needs about {:.1} GiB of memory but {:.1} GiB is available: {} agents x {:.0}M parameters x \
-             16 B (weights, gradients, AdamW moments) = {:.1} GiB, the frozen reference {:.1} GiB, the KV pool \
-             {:.1} GiB, training activations {:.1} GiB; use fewer agents or a smaller model",
+            "this run needs about {:.1} GiB of memory but {:.1} GiB is available: {} agents, {:.0}M parameters in \
+             all x 16 B (weights, gradients, AdamW moments) = {:.1} GiB, the frozen references {:.1} GiB, the KV \
+             pool {:.1} GiB, training activations {:.1} GiB; use fewer agents or a smaller model",
             self.total() as f64 / GIB,
             available as f64 / GIB,
             self.agents,

@@ -27,12 +27,11 @@ mod setup;
 pub use memory::{available_memory, MemoryEstimate};
 pub use metrics::StepMetrics;
 pub use setup::MICRO_BATCH_TOKENS;
-pub use setup::{build_coach, Open};
+pub use setup::{build_coach, Bases, Open};
 
 use crate::coach::{Coach, CoachOutcome};
 use crate::data::{derive_seed, Task, TaskSampler};
 use crate::eval::{correct_by_problem, summarize};
-use crate::loader::LoadedModel;
 use crate::rollout::{coach_request, run_episodes, Episode, Generator, Phase};
 use crate::run_config::RunConfig;
 use crate::tokenizer::Tokenizer;
@@ -49,11 +48,12 @@ pub const EVAL_PROBLEMS: &str = "eval_problems.jsonl";
 pub struct Run {
     pub cfg: RunConfig,
     pub dir: PathBuf,
-    /// The base model's config and tokenizer files (its weights are dropped): written beside checkpoints.
-    base: LoadedModel,
-    tok: Tokenizer,
+    /// Each agent's base model (config and tokenizer files, weights dropped: written beside checkpoints) and
+    /// tokenizer.
+    bases: Bases,
     pub agents: Vec<Trainer>,
-    reference: Box<dyn crate::model::Model>,
+    /// The frozen reference of each base model (`bases.models`).
+    references: Vec<Box<dyn crate::model::Model>>,
     /// None for the outcome-only baseline (`rl.reward = "outcome"`).
     coach: Option<Coach>,
     train: Vec<Task>,
@@ -154,8 +154,9 @@ impl Run {
         let work = self.dir.join("work").join("train");
         let step_seed = derive_seed(&[seed, step, 0]);
         let coach = self.coach.as_ref();
+        let toks = self.bases.agent_toks();
         let Scored { episodes, scores, unscored, rollout_s, coach_s } =
-            rollout_and_score(&engines, &self.tok, &self.cfg, &tasks, coach, step_seed, &work)?;
+            rollout_and_score(&engines, &toks, &self.cfg, &tasks, coach, step_seed, &work)?;
         self.losses = Losses::of(&episodes, unscored, self.cfg.rl.mask_truncated);
         if let Some(said) = self.losses.summary() {
             bar.suspend(|| eprintln!("step {}: {said}", step + 1));
@@ -169,7 +170,7 @@ impl Run {
             stats.push(self.agents[i].train_step_grouped(
                 &samples,
                 Some(&groups),
-                self.reference.as_ref(),
+                self.references[self.bases.of_agent[i]].as_ref(),
                 derive_seed(&[seed, step, 1, i as u64]),
             )?);
         }
@@ -191,10 +192,9 @@ impl Run {
             let work = self.dir.join("work").join("eval");
             let seed = derive_seed(&[self.cfg.run.seed, self.step, 2]);
             let k = self.cfg.rl.eval_samples_per_prompt;
+            let toks = self.bases.agent_toks();
             let episodes =
-                run_episodes(&engines, &self.tok, &self.cfg, &indexed, k, Phase::Eval, seed, &work, &mut |_, _, _| {
-                    Ok(())
-                })?;
+                run_episodes(&engines, &toks, &self.cfg, &indexed, k, Phase::Eval, seed, &work, &mut |_, _, _| Ok(()))?;
             let summary = summarize(name, self.step, &self.cfg, &episodes, None)?;
             eprintln!(
                 "eval {name} @ step {}: avg@{k} {:.3} ± {:.3}, pass@{k} {:.3} ± {:.3}",
@@ -212,9 +212,11 @@ impl Run {
     }
 
     pub fn checkpoint(&self) -> Result<PathBuf> {
-        let named: Vec<(&str, &Trainer)> =
-            self.cfg.agents.iter().zip(&self.agents).map(|(a, t)| (a.name.as_str(), t)).collect();
-        checkpoint::save(&self.dir, self.step, &named, &self.base)
+        let named: Vec<(&str, &Trainer, &crate::tokenizer::TokenizerSpec)> = (self.cfg.agents.iter().zip(&self.agents))
+            .enumerate()
+            .map(|(i, (a, t))| (a.name.as_str(), t, &self.bases.model(i).tokenizer))
+            .collect();
+        checkpoint::save(&self.dir, self.step, &named)
     }
 }
 
@@ -236,7 +238,7 @@ pub struct Scored {
 /// ([`outcome_scores`]).
 pub fn rollout_and_score(
     engines: &[&dyn Generator],
-    tok: &Tokenizer,
+    toks: &[&Tokenizer],
     cfg: &RunConfig,
     tasks: &[(usize, &Task)],
     coach: Option<&Coach>,
@@ -247,7 +249,7 @@ pub fn rollout_and_score(
     let start = Instant::now();
     let Some(coach) = coach else {
         let episodes =
-            run_episodes(engines, tok, cfg, tasks, samples, Phase::Train, seed, work, &mut |_, _, _| Ok(()))?;
+            run_episodes(engines, toks, cfg, tasks, samples, Phase::Train, seed, work, &mut |_, _, _| Ok(()))?;
         let rollout_s = start.elapsed().as_secs_f64();
         let (scores, unscored) = outcome_scores(&episodes);
         return Ok(Scored { episodes, scores, unscored, rollout_s, coach_s: 0.0 });
@@ -258,11 +260,11 @@ pub fn rollout_and_score(
     let (episodes, outcomes) = coach.score_during(cfg.coach.concurrency, |submit| {
         let mut on_action = |n: usize, ep: &Episode, task: &Task| {
             let a = ep.actions.len() - 1;
-            submit(coach_request(ep, a, cfg, tok, task)?);
+            submit(coach_request(ep, a, cfg, toks[ep.actions[a].agent], task)?);
             keys.push((n, a));
             Ok(())
         };
-        let episodes = run_episodes(engines, tok, cfg, tasks, samples, Phase::Train, seed, work, &mut on_action);
+        let episodes = run_episodes(engines, toks, cfg, tasks, samples, Phase::Train, seed, work, &mut on_action);
         rollout_s = start.elapsed().as_secs_f64();
         episodes
     });

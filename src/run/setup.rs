@@ -8,7 +8,8 @@ use crate::data::{load_tasks, train_split, Task, TaskSampler, HOLDOUT_NAME};
 use crate::loader::LoadedModel;
 use crate::model::{self, Backend, BackendChoice};
 use crate::optim::{warmup_steps, AdamWConfig, LrSchedule};
-use crate::run_config::{CoachBackend, LrSchedule as Schedule, Reward, RuleKind, RunConfig, Tool};
+use crate::rollout::staged_sources;
+use crate::run_config::{CoachBackend, DataConfig, LrSchedule as Schedule, Reward, RuleKind, RunConfig, Tool};
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Trainer, TrainerConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -86,17 +87,17 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
             (dir, lock, None)
         }
     };
-    let Preflight { base, tok, train, eval_sets, sampler, coach } = pre;
-    let reference = model::load(&base, backend)?;
+    let Preflight { mut bases, train, eval_sets, sampler, coach } = pre;
+    let references = bases.models.iter().map(|m| model::load(m, backend)).collect::<Result<Vec<_>>>()?;
     let (agents, step) = match from {
-        None => (load_agents(&cfg, &base, backend, None)?, 0),
+        None => (load_agents(&cfg, &bases, backend, None)?, 0),
         // A run stopped before its first checkpoint starts again from the base models: every step is a
         // function of the seed, so this is the same run.
         Some((candidates, unreadable)) if candidates.is_empty() => {
             eprintln!("{}: no complete checkpoint{}; starting again at step 0", dir.display(), listed(&unreadable));
-            (load_agents(&cfg, &base, backend, None)?, 0)
+            (load_agents(&cfg, &bases, backend, None)?, 0)
         }
-        Some((candidates, unreadable)) => newest_usable(&cfg, &base, backend, candidates, unreadable)?,
+        Some((candidates, unreadable)) => newest_usable(&cfg, &bases, backend, candidates, unreadable)?,
     };
     if resuming {
         drop_lines_after(&dir.join("metrics.jsonl"), step)?;
@@ -108,8 +109,9 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
         None => None,
     };
     eprintln!("rewards: {}", cfg.reward_label());
-    let mut base = base;
-    base.weights = Default::default(); // only the tokenizer files are needed from here on
+    for m in &mut bases.models {
+        m.weights = Default::default(); // only the config and tokenizer files are needed from here on
+    }
     Ok(Run {
         _lock: lock,
         step,
@@ -117,10 +119,9 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
         losses: Default::default(),
         cfg,
         dir,
-        base,
-        tok,
+        bases,
         agents,
-        reference,
+        references,
         coach,
         train,
         eval_sets,
@@ -128,10 +129,54 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
     })
 }
 
+/// The base models a team starts from: each distinct `base_model` loaded once, with its own tokenizer and
+/// chat template; agent `i` starts from `models[of_agent[i]]`. After loading, only the config and tokenizer
+/// files are kept (checkpoints are written with them).
+pub struct Bases {
+    pub models: Vec<LoadedModel>,
+    pub toks: Vec<Tokenizer>,
+    pub of_agent: Vec<usize>,
+}
+
+impl Bases {
+    fn load(cfg: &RunConfig) -> Result<Bases> {
+        let (mut models, mut toks, mut paths, mut of_agent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..cfg.agents.len() {
+            let path = cfg.agent_base_model(i);
+            let b = match paths.iter().position(|p| p == path) {
+                Some(b) => b,
+                None => {
+                    let m = crate::loader::load(path)?;
+                    let tok = Tokenizer::new(&m.tokenizer, &m.config)
+                        .with_context(|| format!("the tokenizer of {}", path.display()))?;
+                    (models.push(m), toks.push(tok), paths.push(path.to_path_buf()));
+                    models.len() - 1
+                }
+            };
+            of_agent.push(b);
+        }
+        Ok(Bases { models, toks, of_agent })
+    }
+
+    /// Agent `i`'s tokenizer (and chat template).
+    pub fn tok(&self, i: usize) -> &Tokenizer {
+        &self.toks[self.of_agent[i]]
+    }
+
+    /// Agent `i`'s base model.
+    pub fn model(&self, i: usize) -> &LoadedModel {
+        &self.models[self.of_agent[i]]
+    }
+
+    /// Every agent's tokenizer, in agent order.
+    pub fn agent_toks(&self) -> Vec<&Tokenizer> {
+        (0..self.of_agent.len()).map(|i| self.tok(i)).collect()
+    }
+}
+
 /// What the start-up checks load and keep.
 struct Preflight {
-    base: LoadedModel,
-    tok: Tokenizer,
+    bases: Bases,
     train: Vec<Task>,
     eval_sets: Vec<(String, Vec<Task>)>,
     sampler: TaskSampler,
@@ -143,19 +188,7 @@ struct Preflight {
 /// tool, and the memory the run needs is there.
 fn preflight(cfg: &RunConfig, backend: Backend) -> Result<Preflight> {
     cfg.check_paths()?;
-    let base_path = cfg.agent_base_model(0).to_path_buf();
-    for i in 1..cfg.agents.len() {
-        ensure!(
-            cfg.agent_base_model(i) == base_path,
-            "agent {} starts from {}, agent {} from {}: one base model (and tokenizer) for the team is supported",
-            cfg.agents[0].name,
-            base_path.display(),
-            cfg.agents[i].name,
-            cfg.agent_base_model(i).display()
-        );
-    }
-    let base = crate::loader::load(&base_path)?;
-    let tok = Tokenizer::new(&base.tokenizer, &base.config)?;
+    let bases = Bases::load(cfg)?;
     let tasks = load_tasks(&cfg.data.train, &cfg.data)?;
     let split = train_split(tasks, &cfg.data, cfg.run.seed)?;
     let mut eval_sets = Vec::new();
@@ -166,6 +199,7 @@ fn preflight(cfg: &RunConfig, backend: Backend) -> Result<Preflight> {
     if !split.holdout.is_empty() {
         eval_sets.push((HOLDOUT_NAME.to_string(), split.holdout));
     }
+    check_staged(&cfg.data, split.train.iter().chain(eval_sets.iter().flat_map(|(_, tasks)| tasks)))?;
     let sampler = TaskSampler::new(split.train.len(), cfg.rl.prompts_per_step, cfg.run.seed)?;
     // The outcome-only baseline calls no coach.
     let coach = match cfg.rl.reward {
@@ -180,22 +214,59 @@ fn preflight(cfg: &RunConfig, backend: Backend) -> Result<Preflight> {
         check_sandbox(cfg)?;
     }
     if backend == Backend::Cpu {
-        let need = MemoryEstimate::of(cfg, &base.config, base.weights.tensors.values().map(|t| t.numel()).sum());
-        need.check(available_memory()?)?;
+        let sizes: Vec<(&crate::config::ModelConfig, usize)> =
+            (bases.models.iter()).map(|m| (&m.config, m.weights.tensors.values().map(|t| t.numel()).sum())).collect();
+        MemoryEstimate::of(&sizes, &bases.of_agent).check(available_memory()?)?;
     }
-    Ok(Preflight { base, tok, train: split.train, eval_sets, sampler, coach })
+    Ok(Preflight { bases, train: split.train, eval_sets, sampler, coach })
 }
 
-/// Runs `print(6 * 7)` in the sandbox as an agent's code would run, so a missing interpreter or a host that
-/// cannot isolate it fails the start, not an action deep in the run.
+/// Checks that every task's `data.stage_files` exist, so a missing CSV fails the start, not an episode.
+fn check_staged<'t>(data: &DataConfig, tasks: impl Iterator<Item = &'t Task>) -> Result<()> {
+    if data.stage_files.is_empty() {
+        return Ok(());
+    }
+    let (mut missing, mut examples) = (0, Vec::new());
+    for task in tasks {
+        for (name, source) in staged_sources(task, data)? {
+            if !source.is_file() {
+                missing += 1;
+                if examples.len() < 3 {
+                    examples.push(format!("task `{}`: {name} from {}", task.id, source.display()));
+                }
+            }
+        }
+    }
+    ensure!(
+        missing == 0,
+        "{missing} staged files are missing (data.files_root = {}):{}",
+        data.files_root.display(),
+        listed(&examples)
+    );
+    Ok(())
+}
+
+/// Runs `print(6 * 7)` in the sandbox as an agent's code would run, after importing `sandbox.requires`, so a
+/// missing interpreter or module, or a host that cannot isolate it, fails the start, not an action deep in
+/// the run.
 fn check_sandbox(cfg: &RunConfig) -> Result<()> {
     static CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("mappa-sandbox-check-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {} to check the sandbox in", dir.display()))?;
-    let out = crate::sandbox::run_python("print(6 * 7)", &dir, &cfg.sandbox.to_sandbox_config());
+    let imports: String = cfg.sandbox.requires.iter().map(|m| format!("import {m}\n")).collect();
+    let out = crate::sandbox::run_python(&format!("{imports}print(6 * 7)"), &dir, &cfg.sandbox.to_sandbox_config());
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.context("the Python tool's sandbox cannot run")?;
+    if let Some(missing) = out.stderr.lines().find(|l| l.starts_with("ModuleNotFoundError")) {
+        bail!(
+            "the Python tool's interpreter ({}) lacks a module in sandbox.requires: {missing}; `bash tools/setup.sh` \
+             installs the data-science environment at {}",
+            cfg.sandbox.python.display(),
+            crate::loader::setup_home()
+                .map_or("$MAPPA_HOME/py-ds".into(), |h| h.join(crate::loader::PY_DS).display().to_string())
+        );
+    }
     ensure!(
         out.stdout.trim() == "42",
         "the Python tool's sandbox ran `print(6 * 7)` but it printed {:?} (stderr {:?})",
@@ -205,13 +276,13 @@ fn check_sandbox(cfg: &RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// Every agent as a trainer: from the base model, or from checkpoint directory `ckpt` (weights and optimizer).
-fn load_agents(cfg: &RunConfig, base: &LoadedModel, backend: Backend, ckpt: Option<&Path>) -> Result<Vec<Trainer>> {
+/// Every agent as a trainer: from its base model, or from checkpoint directory `ckpt` (weights and optimizer).
+fn load_agents(cfg: &RunConfig, bases: &Bases, backend: Backend, ckpt: Option<&Path>) -> Result<Vec<Trainer>> {
     let mut agents = Vec::with_capacity(cfg.agents.len());
     for i in 0..cfg.agents.len() {
         let tc = trainer_config(cfg, i);
         agents.push(match ckpt {
-            None => Trainer::new(model::load(base, backend)?, tc, None)?,
+            None => Trainer::new(model::load(bases.model(i), backend)?, tc, None)?,
             Some(ckpt) => {
                 let d = ckpt.join(&cfg.agents[i].name);
                 let m = crate::loader::load(&d)?;
@@ -226,14 +297,14 @@ fn load_agents(cfg: &RunConfig, base: &LoadedModel, backend: Backend, ckpt: Opti
 /// step. Passing over a newer one says why on stderr; when none is usable, the error lists every reason.
 fn newest_usable(
     cfg: &RunConfig,
-    base: &LoadedModel,
+    bases: &Bases,
     backend: Backend,
     candidates: Vec<(PathBuf, checkpoint::State)>,
     mut unusable: Vec<String>,
 ) -> Result<(Vec<Trainer>, u64)> {
     for (ckpt, state) in candidates {
         let loaded = match state.step <= cfg.run.steps {
-            true => load_agents(cfg, base, backend, Some(&ckpt)),
+            true => load_agents(cfg, bases, backend, Some(&ckpt)),
             false => Err(anyhow::anyhow!("its step {} is beyond run.steps = {}", state.step, cfg.run.steps)),
         };
         match loaded {

@@ -456,6 +456,9 @@ pub enum WorkdirScope {
 pub struct SandboxSection {
     /// Interpreter: a name looked up in `PATH` or a path.
     pub python: PathBuf,
+    /// Modules the agents' code needs (e.g. `["numpy", "pandas", "sklearn"]` for DSBench): the start-up check
+    /// imports them in the sandbox, so a missing environment fails the start with a clear error.
+    pub requires: Vec<String>,
     /// Wall-clock limit per execution.
     pub timeout_s: f64,
     pub cpu_seconds: u64,
@@ -471,6 +474,7 @@ impl Default for SandboxSection {
     fn default() -> Self {
         SandboxSection {
             python: PathBuf::from("python3"),
+            requires: Vec::new(),
             timeout_s: 30.0,
             cpu_seconds: 30,
             memory_mb: 2048,

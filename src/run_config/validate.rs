@@ -25,7 +25,7 @@
 //!   samples_per_prompt` (the episodes of one rollout step), so every single-action agent gets a whole
 //!   number of optimizer steps per rollout step (MAPPA: 64 / 16 = 4); `estimator` `grpo` or `rloo` needs
 //!   `samples_per_prompt >= 2` (a group of one sample has no baseline).
-//! - `sandbox`: `timeout_s` in (0, 86400]; `cpu_seconds`, `file_size_mb`, `max_processes`, `output_chars >= 1`;
+//! - `sandbox`: `requires` Python module names; `timeout_s` in (0, 86400]; `cpu_seconds`, `file_size_mb`, `max_processes`, `output_chars >= 1`;
 //!   `memory_mb >= 64`; `python` non-empty.
 use super::{AdvantageEstimator, CoachBackend, RunConfig, SamplingOverrides, PROMPT_VARIABLES};
 use anyhow::{bail, Result};
@@ -329,6 +329,14 @@ impl RunConfig {
     fn check_sandbox(&self, e: &mut Errors) {
         let s = &self.sandbox;
         e.check(!s.python.as_os_str().is_empty(), || "sandbox.python must not be empty".into());
+        for (i, m) in s.requires.iter().enumerate() {
+            let module = !m.is_empty()
+                && m.split('.').all(|p| {
+                    p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            e.check(module, || format!("sandbox.requires[{i}] = {m:?} is not a Python module name"));
+        }
         e.within("sandbox.timeout_s", s.timeout_s, "(0, 86400]");
         e.count("sandbox.cpu_seconds", s.cpu_seconds, 1, 86_400);
         e.count("sandbox.memory_mb", s.memory_mb, 64, 1 << 20);
