@@ -13,6 +13,7 @@ pub mod constrain;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
+pub mod dsbench;
 pub mod engine;
 pub mod eval;
 pub mod gguf;
