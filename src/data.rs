@@ -12,6 +12,7 @@
 //! - [`TaskSampler`] gives `prompts_per_step` task indices per rollout step as a pure function of
 //!   (seed, step), so a resumed run draws exactly the tasks the interrupted one would have. Steps walk
 //!   through a shuffled pass over all tasks; each pass (epoch) has its own shuffle.
+use crate::dsbench::{load_task_infos, TaskInfo};
 use crate::run_config::DataConfig;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -34,6 +35,9 @@ pub struct Task {
     pub answers: Vec<String>,
     /// The whole JSON record (the `record` prompt variable).
     pub record: Value,
+    /// The task's DSBench definition (metric, id and target columns) when `data.task_info` is set: its
+    /// episodes are then graded on the `submission.csv` they leave, not on a text answer.
+    pub info: Option<TaskInfo>,
 }
 
 /// The value at a dotted path (`metadata.task_id`) in a JSON record.
@@ -41,10 +45,20 @@ pub fn field<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(record, |v, key| v.get(key))
 }
 
-/// Loads every task of a JSON Lines file.
+/// Loads every task of a JSON Lines file, each with its entry of `data.task_info` when that is set.
 pub fn load_tasks(path: &Path, cfg: &DataConfig) -> Result<Vec<Task>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading task file {}", path.display()))?;
-    parse_tasks(&text, &path.display().to_string(), cfg)
+    let mut tasks = parse_tasks(&text, &path.display().to_string(), cfg)?;
+    if let Some(info_path) = &cfg.task_info {
+        let mut infos = load_task_infos(info_path)?;
+        for task in &mut tasks {
+            let Some(info) = infos.remove(&task.id) else {
+                bail!("{}: task `{}` has no entry in data.task_info ({})", path.display(), task.id, info_path.display())
+            };
+            task.info = Some(info);
+        }
+    }
+    Ok(tasks)
 }
 
 /// Every task of JSON Lines `text`; errors start with `source` (the file name) and the line number.
@@ -95,7 +109,7 @@ fn parse_task(line: &str, line_no: usize, cfg: &DataConfig) -> Result<Task> {
     if answers.is_empty() {
         bail!("answer field `{name}` is an empty list");
     }
-    Ok(Task { id, text, answers, record })
+    Ok(Task { id, text, answers, record, info: None })
 }
 
 /// A string or number as text.

@@ -4,7 +4,9 @@
 //! Accuracy comes from the rule grader's verdict on each episode's final answer
 //! ([`Episode::final_answer_correct`]; an ungraded episode counts as not correct), never from the coach
 //! (paper notes §8, item 4). With k episodes per problem: avg@k (mean per-problem accuracy) and the
-//! unbiased pass@k, each with its standard error over problems ([`crate::grade`]). Per agent, over all its
+//! unbiased pass@k, each with its standard error over problems ([`crate::grade`]). For DSBench tasks the
+//! verdict is whether the submission is valid (the paper's success rate), and the submissions' mean graded
+//! quality is reported too. Per agent, over all its
 //! actions: the tool-call rate (share of actions with code; null for agents without tools), the mean
 //! response length in tokens, the truncation rate, and the mean coach score when scores are given — the
 //! behaviour MAPPA's training plots follow (paper notes §6.1).
@@ -42,6 +44,10 @@ pub struct EvalSummary {
     pub avg_at_k_se: f64,
     pub pass_at_k: f64,
     pub pass_at_k_se: f64,
+    /// DSBench tasks: the mean graded quality of the submissions in [0, 1] (`dsbench::Grade::quality`; an
+    /// invalid one counts 0), with its standard error over episodes. Absent for answer-graded tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission_quality: Option<(f64, f64)>,
     /// By agent name.
     pub agents: BTreeMap<String, AgentEvalStats>,
 }
@@ -120,6 +126,7 @@ pub fn summarize(
         avg_at_k_se: avg_se,
         pass_at_k: pass,
         pass_at_k_se: pass_se,
+        submission_quality: mean_se(episodes.iter().filter_map(|ep| ep.submission.as_ref().map(|g| g.quality()))),
         agents,
     })
 }
@@ -154,4 +161,13 @@ impl EvalSummary {
     pub fn append_to(&self, path: &Path) -> Result<()> {
         crate::jsonl::append(path, self)
     }
+}
+
+/// The mean of `values` and its standard error; None when there are none.
+fn mean_se(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let v: Vec<f64> = values.collect();
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (!v.is_empty()).then(|| (mean, (var / n).sqrt()))
 }

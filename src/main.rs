@@ -47,6 +47,28 @@ enum Command {
     /// Write a generated task set: arithmetic word problems with exact integer answers, as test.jsonl,
     /// valid.jsonl and train.jsonl (disjoint; the test set depends only on the seed, its size and the knobs).
     Tasks(TasksArgs),
+    /// Write synthetic DSBench tabular tasks in the real layout (CSVs under data/DSBench/data, the task files
+    /// and their cleaned-prompts info), for `data.files_root`, `data.train`, `data.eval` and `data.task_info`.
+    DsbenchTasks(DsbenchTasksArgs),
+}
+
+#[derive(clap::Args)]
+struct DsbenchTasksArgs {
+    /// Directory to write into (it becomes data.files_root).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = mappa::dsbench::synth::DEFAULT_TRAIN_TASKS)]
+    train: usize,
+    #[arg(long, default_value_t = mappa::dsbench::synth::DEFAULT_EVAL_TASKS)]
+    eval: usize,
+    /// Rows of each task's train.csv...
+    #[arg(long, default_value_t = mappa::dsbench::synth::DEFAULT_TRAIN_ROWS)]
+    train_rows: usize,
+    /// ...and of its test.csv.
+    #[arg(long, default_value_t = mappa::dsbench::synth::DEFAULT_TEST_ROWS)]
+    test_rows: usize,
 }
 
 #[derive(clap::Args)]
@@ -75,7 +97,7 @@ struct TasksArgs {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// A run configuration (TOML file) or a preset name (mathchat, dsbench).
+    /// A run configuration (TOML file) or a preset name (mathchat, dsbench, dsbench-quick).
     #[arg(long, conflicts_with = "resume")]
     config: Option<String>,
     /// Continue the run in this directory from its newest checkpoint.
@@ -177,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Serve(a) => mappa::serve::run(a),
         Command::Tasks(a) => write_tasks(&a),
+        Command::DsbenchTasks(a) => write_dsbench_tasks(&a),
         Command::Report(a) => mappa::report::run(a),
         Command::Info => {
             println!(
@@ -218,8 +241,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 fn load_config(config: &str, overrides: &[String]) -> Result<RunConfig> {
     let cfg = match Path::new(config).is_file() {
         true => RunConfig::load(config)?,
-        false => RunConfig::preset(config).with_context(|| {
-            format!("--config {config}: neither a file nor a preset ({})", RunConfig::preset_names().join(", "))
+        false => Run::preset(config).with_context(|| {
+            format!("--config {config}: neither a file nor a preset ({})", Run::preset_names().join(", "))
         })?,
     };
     cfg.with_overrides(overrides)
@@ -318,6 +341,23 @@ fn read_prompt_lines(path: &Path) -> Result<Vec<PromptLine>> {
 }
 
 /// `mappa tasks`.
+fn write_dsbench_tasks(a: &DsbenchTasksArgs) -> Result<()> {
+    let cfg = mappa::dsbench::TabularConfig {
+        seed: a.seed,
+        train_tasks: a.train,
+        eval_tasks: a.eval,
+        train_rows: a.train_rows,
+        test_rows: a.test_rows,
+        ..Default::default()
+    };
+    let w = mappa::dsbench::write_tasks(&cfg, &a.out)?;
+    println!("data.files_root = {:?}", w.files_root);
+    println!("data.train = {:?}", w.train);
+    println!("data.eval = [{:?}]", w.eval);
+    println!("data.task_info = {:?}", w.info);
+    Ok(())
+}
+
 fn write_tasks(a: &TasksArgs) -> Result<()> {
     let cfg = mappa::arith::ArithConfig {
         seed: a.seed,

@@ -796,14 +796,6 @@ impl mappa::rollout::Generator for SlowAgent {
     }
 }
 
-fn smollm2_tokenizer() -> &'static mappa::tokenizer::Tokenizer {
-    static TOK: std::sync::OnceLock<mappa::tokenizer::Tokenizer> = std::sync::OnceLock::new();
-    TOK.get_or_init(|| {
-        let m = common::tiny_chat_model(0);
-        mappa::tokenizer::Tokenizer::new(&m.tokenizer, &m.config).expect("SmolLM2 tokenizer")
-    })
-}
-
 #[test]
 fn the_coach_scores_each_action_while_the_rollout_goes_on() {
     // MathChat, 4 episodes: three agent turns of 300 ms each (a rollout of ~0.9 s), 12 actions for an HTTP
@@ -815,7 +807,7 @@ fn the_coach_scores_each_action_while_the_rollout_goes_on() {
     let coach = http_coach(HttpCoachConfig { max_in_flight: 2, ..http_config(&server) });
     let mut cfg = mappa::run_config::RunConfig::preset("mathchat").unwrap();
     (cfg.coach.concurrency, cfg.rl.samples_per_prompt) = (2, 2);
-    let tok = smollm2_tokenizer();
+    let tok = common::chat_tokenizer();
     let agents: Vec<SlowAgent> = (0..3).map(|_| SlowAgent { tok, delay: Duration::from_millis(300) }).collect();
     let engines: Vec<&dyn mappa::rollout::Generator> = agents.iter().map(|a| a as _).collect();
     let tasks: Vec<mappa::data::Task> = (0..2)
@@ -824,6 +816,7 @@ fn the_coach_scores_each_action_while_the_rollout_goes_on() {
             text: "Compute 6*7.".into(),
             answers: vec!["42".into()],
             record: json!({}),
+            info: None,
         })
         .collect();
     let indexed: Vec<(usize, &mappa::data::Task)> = tasks.iter().enumerate().collect();

@@ -4,28 +4,24 @@
 //! request recorded) drives the tool path deterministically; tiny random llamas with SmolLM2's real
 //! ChatML tokenizer check the CPU engine and reproducibility.
 mod common;
+use common::scripted::Scripted;
 
 use mappa::cpu::CpuBackend;
 use mappa::data::Task;
-use mappa::engine::{FinishReason, Generation};
+use mappa::engine::FinishReason;
 use mappa::model::Model;
 use mappa::rollout::{
     coach_request, extract_python_code, observation_delta, observation_role, run_episodes, strip_think, Episode,
-    GenRequest, Generator, Phase,
+    Generator, Phase,
 };
 use mappa::run_config::{RunConfig, WorkdirScope};
 use mappa::tokenizer::{Tokenizer, TokenizerSpec};
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
 
 const CODE_REPLY: &str = "Let me compute it.\n```python\nprint(6*7)\n```<|im_end|>";
 
 fn tok() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        let m = common::tiny_chat_model(0);
-        Tokenizer::new(&m.tokenizer, &m.config).expect("SmolLM2 tokenizer")
-    })
+    common::chat_tokenizer()
 }
 
 fn enc(text: &str) -> Vec<u32> {
@@ -47,56 +43,7 @@ fn task(id: &str, answer: &str) -> Task {
         text: format!("Compute 6*7 ({id})."),
         answers: vec![answer.into()],
         record: serde_json::json!({"id": id, "problem": "Compute 6*7.", "answer": answer}),
-    }
-}
-
-type ReplyFn = Box<dyn Fn(usize, usize) -> String + Sync>;
-
-/// Replies with `reply(call, request_index)`, capped at the request's budget, and records every call.
-struct Scripted {
-    reply: ReplyFn,
-    calls: Mutex<Vec<Vec<GenRequest>>>,
-}
-
-impl Scripted {
-    fn new(reply: impl Fn(usize, usize) -> String + Sync + 'static) -> Scripted {
-        Scripted { reply: Box::new(reply), calls: Mutex::new(Vec::new()) }
-    }
-
-    fn fixed(text: &'static str) -> Scripted {
-        Scripted::new(move |_, _| text.to_string())
-    }
-
-    fn calls(&self) -> Vec<Vec<GenRequest>> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl Generator for Scripted {
-    fn generate_batch(&self, reqs: &[GenRequest], stop_ids: &[u32]) -> anyhow::Result<Vec<Generation>> {
-        let mut calls = self.calls.lock().unwrap();
-        let call = calls.len();
-        calls.push(reqs.to_vec());
-        Ok(reqs
-            .iter()
-            .enumerate()
-            .map(|(r, req)| {
-                let mut tokens = enc(&(self.reply)(call, r));
-                tokens.truncate(req.max_new_tokens);
-                let finish = match tokens.last() {
-                    Some(t) if stop_ids.contains(t) => FinishReason::Stop,
-                    _ => FinishReason::Length,
-                };
-                Generation {
-                    logprobs: vec![-0.5; tokens.len()],
-                    top_logprobs: Vec::new(),
-                    tokens,
-                    finish,
-                    prefill_s: 0.0,
-                    decode_s: 0.0,
-                }
-            })
-            .collect())
+        info: None,
     }
 }
 

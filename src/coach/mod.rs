@@ -52,8 +52,13 @@ pub struct CoachRequest {
     pub tool_output: Option<String>,
     /// Names of the files present.
     pub files: Vec<String>,
-    /// The reference answer; the caller sets it only for the final agent and only when configured.
+    /// The reference answer; the caller sets it only for the final agent and only when configured. For a
+    /// DSBench task it is the grade of the final agent's submission (its metric, or why it is invalid).
     pub ground_truth: Option<String>,
+    /// The files the agent must leave (its `artifacts`).
+    pub artifacts: Vec<String>,
+    /// For the final agent of a DSBench task: its submission graded after the action (the rule coach reads it).
+    pub submission: Option<crate::dsbench::Grade>,
 }
 
 /// The result of scoring one action.

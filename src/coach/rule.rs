@@ -10,6 +10,10 @@
 //!   but printed something else, 0 if it failed; an action without code gets 10 for a correct answer, 2 for
 //!   a wrong one, 0 for none, its answer read as the final one is (the last `\boxed{}`, else with
 //!   `last_number_fallback` the last number). It needs the ground truth on every request.
+//! - [`OtherAgents::Artifacts`] (the DSBench pipeline's rule coach) scores every agent, the final one included,
+//!   on what its action left: no code 0, failed code 2; code that ran gets, for the final agent, 6 + 4 x its
+//!   submission's quality (`dsbench::Grade::quality`) when the submission is valid, else 3, and for the
+//!   others 4 + 6 x the share of their required files (`artifacts`) present.
 //!
 //! The verdict is written as a `PROCESS_SCORE:` reply and goes through the same parser as a model's.
 use super::parse::{MAX_SCORE, SCORE_KEY};
@@ -28,6 +32,8 @@ pub enum OtherAgents {
     BoxedMatch { default: f32 },
     /// Each action's own checkable result (module docs).
     Process,
+    /// Each action of a file-producing pipeline (DSBench) on what it left (module docs).
+    Artifacts,
 }
 
 #[derive(Clone, Debug)]
@@ -42,7 +48,7 @@ impl RuleCoach {
     pub fn new(final_agent: &str, others: OtherAgents, last_number_fallback: bool) -> Result<RuleCoach> {
         let s = match others {
             OtherAgents::Fixed(s) | OtherAgents::BoxedMatch { default: s } => s,
-            OtherAgents::Process => 0.0,
+            OtherAgents::Process | OtherAgents::Artifacts => 0.0,
         };
         ensure!((0.0..=MAX_SCORE as f32).contains(&s), "rule coach score {s} is outside [0, {MAX_SCORE}]");
         Ok(RuleCoach { final_agent: final_agent.to_string(), others, last_number_fallback })
@@ -50,6 +56,9 @@ impl RuleCoach {
 
     /// The score for `req` and a one-line justification.
     fn verdict(&self, req: &CoachRequest) -> Result<(f32, &'static str)> {
+        if self.others == OtherAgents::Artifacts {
+            return Ok(artifacts_verdict(req));
+        }
         let gold = req.ground_truth.as_deref();
         if req.agent_name == self.final_agent {
             let Some(gold) = gold else { bail!("rule coach: no ground truth for final agent {:?}", req.agent_name) };
@@ -65,6 +74,7 @@ impl RuleCoach {
                 Some(gold) if grade(&req.agent_output, gold, false) => (10.0, "the boxed answer is correct"),
                 _ => (default, "no correct boxed answer"),
             },
+            OtherAgents::Artifacts => artifacts_verdict(req),
             OtherAgents::Process => {
                 let Some(gold) = gold else {
                     bail!("rule coach: the process checks need the ground truth for agent {:?}", req.agent_name)
@@ -76,6 +86,31 @@ impl RuleCoach {
             }
         })
     }
+}
+
+/// An action of a file-producing pipeline: no code 0 (the paper's rubric: text without executable code is a
+/// critical failure), failed code 2; code that ran, for the final agent 6 + 4 x its submission's quality when
+/// the submission is valid, else 3; for the others 4 + 6 x the share of their `artifacts` present (10 with
+/// none required).
+fn artifacts_verdict(req: &CoachRequest) -> (f32, &'static str) {
+    let Some(out) = &req.tool_output else { return (0.0, "it wrote no code") };
+    if out.contains(TOOL_ERROR) {
+        return (2.0, "its code failed");
+    }
+    if let Some(grade) = &req.submission {
+        return match grade.valid {
+            true => {
+                (6.0 + 4.0 * grade.quality() as f32, "its code ran and left a valid submission (6 + 4 x its quality)")
+            }
+            false => (3.0, "its code ran but left no valid submission"),
+        };
+    }
+    if req.artifacts.is_empty() {
+        return (10.0, "its code ran");
+    }
+    let present = req.artifacts.iter().filter(|a| req.files.contains(a)).count();
+    let share = present as f32 / req.artifacts.len() as f32;
+    (4.0 + 6.0 * share, "its code ran (4 + 6 x the share of its required files present)")
 }
 
 /// An action that ran code, by its rendered tool output: failed, ran, or printed the answer last.

@@ -26,15 +26,18 @@
 //! it needs nothing task-specific.
 use super::info::TaskInfo;
 use super::metrics::{self, Columns, Metric};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
 /// The answer file's name inside a task's answer directory (DSBench's layout).
 pub const ANSWER_FILE: &str = "test_answer.csv";
 
+/// The file the last agent of a DSBench pipeline writes and the episode is graded on.
+pub const SUBMISSION_FILE: &str = "submission.csv";
+
 /// The outcome of grading one submission.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Grade {
     /// The submission's file name (the summary starts with it).
     pub file: String,

@@ -10,6 +10,6 @@ pub mod info;
 pub mod metrics;
 pub mod synth;
 
-pub use grade::{grade_submission, Grade, ANSWER_FILE};
+pub use grade::{grade_submission, Grade, ANSWER_FILE, SUBMISSION_FILE};
 pub use info::{load_task_infos, TaskInfo, TaskRecord};
 pub use synth::{write_tasks, TabularConfig, Written};

@@ -28,8 +28,13 @@ pub fn coach_request(
             cfg.agents.len()
         );
     };
-    let ground_truth =
-        (cfg.coach_sees_ground_truth(action.agent) && !task.answers.is_empty()).then(|| task.answers.join(" or "));
+    // A DSBench task's answers name its answer directory; what the coach may see is the submission's grade.
+    let truth = match (&task.info, &action.submission) {
+        (Some(_), Some(grade)) => Some(grade.summary()),
+        (Some(_), None) => None,
+        (None, _) => (!task.answers.is_empty()).then(|| task.answers.join(" or ")),
+    };
+    let ground_truth = truth.filter(|_| cfg.coach_sees_ground_truth(action.agent));
     Ok(CoachRequest {
         agent_name: agent.name.clone(),
         agent_role: cfg.agent_role(action.agent).to_string(),
@@ -39,5 +44,7 @@ pub fn coach_request(
         tool_output: action.tool_output.clone(),
         files: action.files.clone(),
         ground_truth,
+        artifacts: agent.artifacts.clone(),
+        submission: action.submission.clone(),
     })
 }

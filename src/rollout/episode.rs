@@ -8,6 +8,7 @@ use super::text::{extract_python_code, strip_think};
 use super::workdir::{agent_dir, episode_dir, fresh_episode_dir, list_files, stage_files};
 use super::{ActionRecord, Episode, SkippedAction};
 use crate::data::{derive_seed, Task};
+use crate::dsbench::{grade_submission, Grade, SUBMISSION_FILE};
 use crate::engine::Generation;
 use crate::grade::grade;
 use crate::run_config::{RunConfig, Tool, WorkdirScope};
@@ -82,6 +83,7 @@ pub fn run_episodes(
                 skipped: Vec::new(),
                 workdir,
                 final_answer_correct: None,
+                submission: None,
             };
             live.push(Live { ep, task, tool_results: Vec::new() });
         }
@@ -174,7 +176,9 @@ fn run_agent(
         }
         // A host-side failure (no interpreter, an unwritable directory, a failed spawn) is the action's tool
         // error: the agent sees it, the coach scores it, the run counts it and goes on.
-        records.par_iter_mut().zip(acting.par_iter()).for_each(|(rec, &e)| {
+        let last_agent = i + 1 == cfg.agents.len();
+        let tasks: Vec<&Task> = acting.iter().map(|&e| live[e].task).collect();
+        records.par_iter_mut().zip(acting.par_iter().zip(tasks)).for_each(|(rec, (&e, task))| {
             let dir = &dirs[e];
             if let Some(code) = &rec.code {
                 rec.tool_output = Some(match run_python(code, dir, &sandbox) {
@@ -183,6 +187,9 @@ fn run_agent(
                 });
             }
             rec.files = list_files(dir).unwrap_or_default();
+            if last_agent {
+                rec.submission = grade_submission_in(task, cfg, dir);
+            }
         });
         for (rec, e) in records.into_iter().zip(acting) {
             let slot = &mut contexts[e];
@@ -229,13 +236,27 @@ fn record(
         code,
         tool_output: None,
         files: Vec::new(),
+        submission: None,
     })
 }
 
-/// Grades the final output.
+/// A DSBench task's `submission.csv` in `dir` graded with its metric; None for other tasks.
+fn grade_submission_in(task: &Task, cfg: &RunConfig, dir: &Path) -> Option<Grade> {
+    let info = task.info.as_ref()?;
+    let answer_dir = cfg.data.files_root.join(task.answers.first()?);
+    Some(grade_submission(&dir.join(SUBMISSION_FILE), &answer_dir, info))
+}
+
+/// Grades the final output: a DSBench task's submission, else the last agent's answer.
 fn finish(cfg: &RunConfig, l: Live) -> Episode {
     let mut ep = l.ep;
     let last = cfg.agents.len() - 1;
+    if l.task.info.is_some() {
+        let dir = agent_dir(&ep.workdir, cfg.sandbox.workdir, &cfg.agents[last].name);
+        ep.submission = grade_submission_in(l.task, cfg, &dir);
+        ep.final_answer_correct = ep.submission.as_ref().map(|g| g.valid);
+        return ep;
+    }
     let gradable = !l.task.answers.is_empty() && cfg.agents[last].artifacts.is_empty();
     ep.final_answer_correct = gradable.then(|| {
         let output = ep.outputs.get(last).map_or("", String::as_str);

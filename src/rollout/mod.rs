@@ -31,6 +31,7 @@ pub use prompt::{AgentPrompts, PromptInputs};
 pub use text::{extract_python_code, strip_think};
 pub use workdir::{agent_dir, episode_dir, list_files, staged_sources};
 
+use crate::dsbench::Grade;
 use crate::engine::FinishReason;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub struct ActionRecord {
     pub tool_output: Option<String>,
     /// Files in the agent's working directory after the action.
     pub files: Vec<String>,
+    /// For the last agent of a DSBench task: its `submission.csv` graded after the action.
+    pub submission: Option<Grade>,
 }
 
 /// An action that was not generated, and why (e.g. its prompt exceeded `rl.max_prompt_tokens`).
@@ -84,7 +87,10 @@ pub struct Episode {
     pub skipped: Vec<SkippedAction>,
     /// `<work_root>/ep-<n>`: the episode's working directory (or the parent of its agents' directories).
     pub workdir: PathBuf,
-    /// The last agent's output graded against the task's answers; `None` when the task has no answers or
-    /// the last agent's result is files (it declares `artifacts`), which a text grader cannot judge.
+    /// The last agent's output graded against the task's answers, or for a DSBench task whether it left a
+    /// valid submission (the paper's success); `None` when the task has no answers or the last agent's
+    /// result is files (it declares `artifacts`) that no grader is configured for.
     pub final_answer_correct: Option<bool>,
+    /// For a DSBench task: the last agent's `submission.csv` graded with the task's metric.
+    pub submission: Option<Grade>,
 }

@@ -41,6 +41,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The small offline DSBench preset ([`Run::dsbench_quick`]), and what it changes in presets/dsbench.toml.
+pub const DSBENCH_QUICK: &str = "dsbench-quick";
+const DSBENCH_QUICK_SETTINGS: [&str; 11] = [
+    "run.name=\"dsbench-quick\"",
+    "run.steps=2",
+    "run.backend=\"cpu\"",
+    "coach.backend=\"rule\"",
+    "coach.rule=\"artifacts\"",
+    "rl.prompts_per_step=2",
+    "rl.samples_per_prompt=2",
+    "rl.samples_per_optimizer_step=4",
+    "rl.max_new_tokens=192",
+    "rl.eval_every=2",
+    "rl.checkpoint_every=2",
+];
+
 /// One line per evaluated problem: dataset, step, task id and each sample's correctness.
 pub const EVAL_PROBLEMS: &str = "eval_problems.jsonl";
 
@@ -96,6 +112,47 @@ impl Run {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         cfg.run.dir = Some(Path::new("runs").join(format!("quickstart-{now}")));
         Ok(cfg)
+    }
+
+    /// A built-in configuration: [`RunConfig::preset`]'s, the DSBench ones with the Python tool run by the
+    /// data-science environment tools/setup.sh installs, or `dsbench-quick` ([`Run::dsbench_quick`]).
+    pub fn preset(name: &str) -> Result<RunConfig> {
+        if name == DSBENCH_QUICK {
+            return Run::dsbench_quick();
+        }
+        let mut cfg = RunConfig::preset(name)?;
+        if cfg.sandbox.requires.iter().any(|m| m == "sklearn") {
+            let home = crate::loader::setup_home().context("HOME or MAPPA_HOME must be set")?;
+            cfg.sandbox.python = home.join(crate::loader::PY_DS);
+        }
+        Ok(cfg)
+    }
+
+    /// Every name [`Run::preset`] knows.
+    pub fn preset_names() -> Vec<&'static str> {
+        let mut names = RunConfig::preset_names();
+        names.push(DSBENCH_QUICK);
+        names
+    }
+
+    /// `dsbench-quick`: the DSBench pipeline (Data Engineer -> Modeler -> Analyst, presets/dsbench.toml) offline
+    /// and small: SmolLM2 agents, the rule-based artifacts coach, and generated tabular tasks
+    /// (`dsbench::write_tasks`, seed 0: 12 to train on, 3 to evaluate), two steps of 2 tasks x 2
+    /// samples, at most two actions an agent. It finishes in minutes on two cores.
+    pub fn dsbench_quick() -> Result<RunConfig> {
+        let home = crate::loader::setup_home().context("HOME or MAPPA_HOME must be set")?;
+        let model = home.join(crate::loader::SMOLLM2_GGUF);
+        ensure!(model.is_file(), "{} is missing: run `bash tools/setup.sh` first", model.display());
+        let synth = crate::dsbench::TabularConfig { eval_tasks: 3, ..Default::default() };
+        let tasks = crate::dsbench::write_tasks(&synth, &home.join("data/dsbench-quick"))?;
+        let mut cfg = Run::preset("dsbench")?;
+        cfg.run.base_model = Some(model);
+        cfg.agents.iter_mut().for_each(|a| a.max_actions = 2);
+        (cfg.data.train, cfg.data.eval) = (tasks.train, vec![tasks.eval]);
+        (cfg.data.task_info, cfg.data.files_root) = (Some(tasks.info), tasks.files_root);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        cfg.run.dir = Some(Path::new("runs").join(format!("dsbench-quick-{now}")));
+        cfg.with_overrides(&DSBENCH_QUICK_SETTINGS.map(String::from))
     }
 
     /// Runs the remaining steps; returns the run directory.
@@ -196,15 +253,25 @@ impl Run {
             let episodes =
                 run_episodes(&engines, &toks, &self.cfg, &indexed, k, Phase::Eval, seed, &work, &mut |_, _, _| Ok(()))?;
             let summary = summarize(name, self.step, &self.cfg, &episodes, None)?;
+            let quality = summary.submission_quality.map_or(String::new(), |(q, se)| {
+                format!(" = valid submissions; their mean graded quality {q:.3} ± {se:.3}")
+            });
             eprintln!(
-                "eval {name} @ step {}: avg@{k} {:.3} ± {:.3}, pass@{k} {:.3} ± {:.3}",
+                "eval {name} @ step {}: avg@{k} {:.3} ± {:.3}, pass@{k} {:.3} ± {:.3}{quality}",
                 self.step, summary.avg_at_k, summary.avg_at_k_se, summary.pass_at_k, summary.pass_at_k_se
             );
             summary.append_to(&self.dir.join("eval.jsonl"))?;
-            // Each problem's results, so arms of an experiment can be compared problem by problem.
+            // Each problem's results, so arms of an experiment can be compared problem by problem; a DSBench
+            // problem's line also gives each submission's grade (its metric, or why it is invalid).
             for (i, correct) in correct_by_problem(&episodes) {
-                let line =
+                let mut line =
                     serde_json::json!({"dataset": name, "step": self.step, "id": tasks[i].id, "correct": correct});
+                let grades: Vec<String> = (episodes.iter().filter(|ep| ep.task_index == i))
+                    .filter_map(|ep| ep.submission.as_ref().map(|g| g.summary()))
+                    .collect();
+                if !grades.is_empty() {
+                    line["submissions"] = grades.into();
+                }
                 crate::jsonl::append(&self.dir.join(EVAL_PROBLEMS), &line)?;
             }
         }

@@ -409,6 +409,7 @@ pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
             let others = match c.rule {
                 RuleKind::Final => OtherAgents::BoxedMatch { default: 5.0 },
                 RuleKind::Process => OtherAgents::Process,
+                RuleKind::Artifacts => OtherAgents::Artifacts,
             };
             Coach::new(RuleCoach::new(last, others, cfg.data.last_number_fallback)?, prompt, None)
         }

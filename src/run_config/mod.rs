@@ -219,6 +219,9 @@ pub enum RuleKind {
     /// printed the answer, a text action on its boxed answer, the final agent on the final answer. Every
     /// agent's request carries the ground truth (a rule reads it; no model sees it).
     Process,
+    /// Each action of a file-producing pipeline (DSBench) on what it left: its code ran, its required files
+    /// exist, and for the final agent the graded quality of its submission (`coach::rule` module docs).
+    Artifacts,
 }
 
 /// Where the per-action rewards come from.
@@ -269,7 +272,12 @@ pub struct DataConfig {
     /// A train file whose name contains one of these (case-insensitive) is refused.
     #[serde(default = "d_eval_only_markers")]
     pub eval_only_markers: Vec<String>,
-    /// Root of the paths that `stage_files` fields hold.
+    /// DSBench task definitions (the cleaned-prompts format: metric, id and target columns per task id): each
+    /// task's episodes are graded on the `submission.csv` the last agent leaves, against the answer
+    /// directory its answer field names (under `files_root`), with the task's metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_info: Option<PathBuf>,
+    /// Root of the paths that `stage_files` and, with `task_info`, the answer fields hold.
     #[serde(default = "d_files_root")]
     pub files_root: PathBuf,
     /// Working-directory file name -> record field holding the source path (copied in before the episode).
@@ -586,6 +594,9 @@ impl RunConfig {
             }
         };
         need("data.train".into(), &self.data.train);
+        if let Some(p) = &self.data.task_info {
+            need("data.task_info".into(), p);
+        }
         for (i, p) in self.data.eval.iter().enumerate() {
             need(format!("data.eval[{i}]"), p);
         }
@@ -610,6 +621,11 @@ impl RunConfig {
                 RuleKind::Process => {
                     "rule-based process coach: each action's own checkable result (code ran and printed the \
                      answer; the answer it gave; the final answer)"
+                        .into()
+                }
+                RuleKind::Artifacts => {
+                    "rule-based artifacts coach: each action's code ran, its required files exist, and the final \
+                     submission's graded quality"
                         .into()
                 }
             },

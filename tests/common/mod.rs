@@ -2,6 +2,7 @@
 //! outputs (computed with transformers in f32), and tiny random models of each architecture.
 #![allow(dead_code)] // each test binary uses its own subset
 pub mod gpu;
+pub mod scripted;
 pub mod served;
 use mappa::config::{Arch, ModelConfig};
 use mappa::loader::LoadedModel;
@@ -119,6 +120,15 @@ pub fn tiny_model(arch: Arch, seed: u64) -> LoadedModel {
         path: PathBuf::from(format!("<tiny {arch:?}>")),
         config,
     }
+}
+
+/// SmolLM2's tokenizer and chat template, loaded once per test binary.
+pub fn chat_tokenizer() -> &'static mappa::tokenizer::Tokenizer {
+    static TOK: std::sync::OnceLock<mappa::tokenizer::Tokenizer> = std::sync::OnceLock::new();
+    TOK.get_or_init(|| {
+        let m = tiny_chat_model(0);
+        mappa::tokenizer::Tokenizer::new(&m.tokenizer, &m.config).expect("SmolLM2 tokenizer")
+    })
 }
 
 /// A tiny random llama (2 layers, hidden 32) with SmolLM2's real tokenizer and chat template (vocab 49152):
