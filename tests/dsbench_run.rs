@@ -165,7 +165,7 @@ fn missing_staged_files_and_a_missing_environment_fail_the_start() {
     let mut moved = cfg.clone();
     moved.data.files_root = tmp.path().join("elsewhere");
     let err = format!("{:#}", mappa::run::Run::open(mappa::run::Open::New(Box::new(moved))).err().unwrap());
-    assert!(err.contains("staged files are missing") && err.contains("train.csv"), "{err}");
+    assert!(err.contains("staged or answer files are missing") && err.contains("train.csv"), "{err}");
     let mut bare = cfg.clone();
     bare.sandbox.python = "python3".into(); // the host's interpreter, without pandas
     let err = format!("{:#}", mappa::run::Run::open(mappa::run::Open::New(Box::new(bare))).err().unwrap());
@@ -183,6 +183,7 @@ fn dsbench_quick_runs_end_to_end_and_grades_its_eval() {
         .args(["train", "--config", "dsbench-quick"])
         .args(["--set", "run.steps=1", "--set", "rl.prompts_per_step=1", "--set", "rl.samples_per_optimizer_step=2"])
         .args(["--set", "rl.max_new_tokens=48", "--set", "rl.eval_every=1", "--set", "rl.checkpoint_every=1"])
+        .args(["--set", "rl.eval_before_training=false"])
         .args(["--set", &format!("run.dir={:?}", dir.display().to_string())])
         .output()
         .unwrap();

@@ -221,14 +221,18 @@ fn preflight(cfg: &RunConfig, backend: Backend) -> Result<Preflight> {
     Ok(Preflight { bases, train: split.train, eval_sets, sampler, coach })
 }
 
-/// Checks that every task's `data.stage_files` exist, so a missing CSV fails the start, not an episode.
+/// Checks that every task's `data.stage_files` (and a DSBench task's answer file) exist, so a missing CSV
+/// fails the start, not an episode.
 fn check_staged<'t>(data: &DataConfig, tasks: impl Iterator<Item = &'t Task>) -> Result<()> {
-    if data.stage_files.is_empty() {
-        return Ok(());
-    }
     let (mut missing, mut examples) = (0, Vec::new());
     for task in tasks {
-        for (name, source) in staged_sources(task, data)? {
+        let mut files = staged_sources(task, data)?;
+        // A DSBench task's answers name its answer directory, which its grading reads.
+        if task.info.is_some() {
+            let answers = task.answers.first().map(|a| data.files_root.join(a).join(crate::dsbench::ANSWER_FILE));
+            files.extend(answers.map(|a| ("its answers".to_string(), a)));
+        }
+        for (name, source) in files {
             if !source.is_file() {
                 missing += 1;
                 if examples.len() < 3 {
@@ -239,7 +243,7 @@ fn check_staged<'t>(data: &DataConfig, tasks: impl Iterator<Item = &'t Task>) ->
     }
     ensure!(
         missing == 0,
-        "{missing} staged files are missing (data.files_root = {}):{}",
+        "{missing} staged or answer files are missing (data.files_root = {}):{}",
         data.files_root.display(),
         listed(&examples)
     );
