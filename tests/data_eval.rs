@@ -135,6 +135,7 @@ fn action(agent: usize, tokens: usize, finish: FinishReason, code: bool) -> Acti
         code: code.then(|| "print(1)".into()),
         tool_output: code.then(|| "1\n".into()),
         files: Vec::new(),
+        submission: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn episode(task_index: usize, sample: usize, correct: Option<bool>, actions: Vec
         skipped: Vec::new(),
         workdir: PathBuf::new(),
         final_answer_correct: correct,
+        submission: None,
     }
 }
 

@@ -107,10 +107,13 @@ fn layout_matches_the_real_task_files() {
         path_style(r);
     }
 
-    // The dsbench preset's data settings load them, and its staged files resolve under the files root.
-    let data = RunConfig::preset("dsbench").unwrap().data;
+    // The dsbench preset's data settings load them (with the generated definitions instead of the real ones),
+    // and its staged files resolve under the files root.
+    let mut data = RunConfig::preset("dsbench").unwrap().data;
+    data.task_info = Some(written.info.clone());
     let loaded = load_tasks(&written.train, &data).unwrap();
     assert_eq!(loaded.len(), 6);
+    assert!(loaded.iter().all(|t| t.info.is_some()), "each task carries its definition");
     assert!(!data.stage_files.is_empty());
     for t in &loaded {
         for source in data.stage_files.values() {

@@ -532,6 +532,7 @@ fn outcome_reward_scores_every_action_by_the_final_answer() {
         code: None,
         tool_output: None,
         files: Vec::new(),
+        submission: None,
     };
     let episode = |correct: Option<bool>, actions: usize| Episode {
         task_index: 0,
@@ -541,6 +542,7 @@ fn outcome_reward_scores_every_action_by_the_final_answer() {
         skipped: Vec::new(),
         workdir: PathBuf::new(),
         final_answer_correct: correct,
+        submission: None,
     };
     let (scores, reasons) =
         mappa::run::outcome_scores(&[episode(Some(true), 3), episode(Some(false), 4), episode(None, 2)]);
