@@ -516,6 +516,11 @@ fn process_rule_coach_checks_each_action() {
     assert_eq!(lenient.score_action(&text_action("Problem Solver", "The answer is 41.")), scored(2.0, 1));
     assert_eq!(lenient.score_action(&text_action("Problem Solver", "I do not know.")), scored(0.0, 1));
     assert_eq!(lenient.score_action(&text_action("Problem Solver", "It is 41, so \\boxed{42}")), scored(10.0, 1));
+    // A reply cut off at the token budget gave no answer, whatever number it stopped on; a cut-off action whose
+    // code ran is still scored on its code.
+    let cut = |req: CoachRequest| CoachRequest { truncated: true, ..req };
+    assert_eq!(lenient.score_action(&cut(text_action("Problem Solver", "First 6 x 7 = 42, then 42"))), scored(0.0, 1));
+    assert_eq!(coach.score_action(&cut(code_action(run("print(6 * 7)")))), scored(10.0, 1));
 }
 
 // ---------------------------------------------------------------------------------------------

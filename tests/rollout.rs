@@ -236,6 +236,7 @@ fn coach_requests_give_ground_truth_only_to_the_last_agent() {
         assert!(req.agent_input.contains("<|im_start|>user\n"), "special tokens are kept for the coach");
         assert_eq!(req.agent_output, action.text);
         assert_eq!(req.tool_output, action.tool_output);
+        assert_eq!(req.truncated, action.finish == FinishReason::Length);
         assert_eq!(req.ground_truth.as_deref(), (action.agent == 2).then_some("42"), "action {k}");
     }
     assert!(coach_request(ep, 1, &cfg, tok(), &t).unwrap().tool_output.is_some());

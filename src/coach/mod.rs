@@ -57,6 +57,9 @@ pub struct CoachRequest {
     pub ground_truth: Option<String>,
     /// The files the agent must leave (its `artifacts`).
     pub artifacts: Vec<String>,
+    /// The action was cut off at the token budget.
+    #[serde(default)]
+    pub truncated: bool,
     /// For the final agent of a DSBench task: its submission graded after the action (the rule coach reads it).
     pub submission: Option<crate::dsbench::Grade>,
 }

@@ -8,8 +8,9 @@
 //! - [`OtherAgents::Process`] (the process coach of math pipelines) scores each action on what can be
 //!   checked in it: an action that ran code gets 10 if its output's last number is the answer, 3 if it ran
 //!   but printed something else, 0 if it failed; an action without code gets 10 for a correct answer, 2 for
-//!   a wrong one, 0 for none, its answer read as the final one is (the last `\boxed{}`, else with
-//!   `last_number_fallback` the last number). It needs the ground truth on every request.
+//!   a wrong one, 0 for none or for a reply cut off at the token budget, its answer read as the final one
+//!   is (the last `\boxed{}`, else with `last_number_fallback` the last number). It needs the ground truth on
+//!   every request.
 //! - [`OtherAgents::Artifacts`] (the DSBench pipeline's rule coach) scores every agent, the final one included,
 //!   on what its action left: no code 0, failed code 2; code that ran gets, for the final agent, 6 + 4 x its
 //!   submission's quality (`dsbench::Grade::quality`) when the submission is valid, else 3, and for the
@@ -81,6 +82,9 @@ impl RuleCoach {
                 };
                 match &req.tool_output {
                     Some(out) => code_verdict(out, gold),
+                    // Whatever number a cut-off reply ends on is not an answer it gave (LEARNING.md: paying for
+                    // them taught the team to ramble).
+                    None if req.truncated => (0.0, "it was cut off at the token budget before answering"),
                     None => answer_verdict(&req.agent_output, gold, self.last_number_fallback),
                 }
             }

@@ -45,6 +45,7 @@ pub fn coach_request(
         files: action.files.clone(),
         ground_truth,
         artifacts: agent.artifacts.clone(),
+        truncated: action.finish == crate::engine::FinishReason::Length,
         submission: action.submission.clone(),
     })
 }
