@@ -38,8 +38,8 @@ struct Live<'t> {
 }
 
 /// Runs `samples_per_task` episodes of the whole pipeline for every `(task_index, task)`. `engines[i]`
-/// generates for agent `i`, whose contexts `toks[i]` (its own tokenizer and chat template) builds. Episodes come back task by task, samples in order; episode `n` of that order
-/// works in `<work_root>/ep-<n>`. Errors: engine, template or tokenizer failures, or a working directory that
+/// generates for agent `i`, whose contexts `toks[i]` (its own tokenizer and chat template) builds. Episodes
+/// come back task by task, samples in order; episode `n` of that order works in `<work_root>/ep-<n>`. Errors: engine, template or tokenizer failures, or a working directory that
 /// cannot be made; a prompt over `rl.max_prompt_tokens` is not an error but a [`SkippedAction`], and a sandbox
 /// that fails on the host is the action's tool error ([`host_failure`]).
 ///
@@ -252,8 +252,11 @@ fn finish(cfg: &RunConfig, l: Live) -> Episode {
     let mut ep = l.ep;
     let last = cfg.agents.len() - 1;
     if l.task.info.is_some() {
-        let dir = agent_dir(&ep.workdir, cfg.sandbox.workdir, &cfg.agents[last].name);
-        ep.submission = grade_submission_in(l.task, cfg, &dir);
+        // Nothing changes the files after the last agent's last action, which graded them already.
+        let graded = ep.actions.iter().rev().find(|a| a.agent == last).and_then(|a| a.submission.clone());
+        ep.submission = graded.or_else(|| {
+            grade_submission_in(l.task, cfg, &agent_dir(&ep.workdir, cfg.sandbox.workdir, &cfg.agents[last].name))
+        });
         ep.final_answer_correct = ep.submission.as_ref().map(|g| g.valid);
         return ep;
     }
