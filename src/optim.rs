@@ -77,6 +77,36 @@ pub struct AdamW {
     step: u64,
 }
 
+/// The scalars of one AdamW update (see [`AdamW`] for where each enters).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepScalars {
+    /// 1 - lr * weight_decay (1 without weight decay).
+    pub decay: f32,
+    pub m_weight: f32,
+    pub v_decay: f32,
+    pub v_weight: f32,
+    pub neg_step_size: f32,
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
+
+/// The f32 scalars of update number `step` (1 on the first) at learning rate `lr`, formed in f64 as
+/// Python does; the CUDA step takes the same numbers, so both round alike.
+pub fn step_scalars(config: &AdamWConfig, step: u64, lr: f32) -> StepScalars {
+    let (b1, b2) = (f64::from(config.betas.0), f64::from(config.betas.1));
+    let (lr, wd, t) = (f64::from(lr), f64::from(config.weight_decay), step as f64);
+    StepScalars {
+        decay: (1.0 - lr * wd) as f32,
+        m_weight: (1.0 - b1) as f32,
+        v_decay: b2 as f32,
+        v_weight: (1.0 - b2) as f32,
+        // `powf` and `** 0.5` as in Python (both are libm's pow), not powi/sqrt, to round the same way.
+        neg_step_size: (-(lr / (1.0 - b1.powf(t)))) as f32,
+        bc2_sqrt: (1.0 - b2.powf(t)).powf(0.5) as f32,
+        eps: config.eps,
+    }
+}
+
 /// What a state file carries besides the moments.
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -120,15 +150,9 @@ impl AdamW {
         self.check_sizes("parameters", params.iter().map(|p| p.len()))?;
         self.check_sizes("gradients", grads.iter().map(|g| g.len()))?;
         self.step += 1;
-        let (b1, b2) = (f64::from(self.config.betas.0), f64::from(self.config.betas.1));
-        let (lr, wd, t) = (f64::from(lr), f64::from(self.config.weight_decay), self.step as f64);
-        let decay = (wd != 0.0).then_some((1.0 - lr * wd) as f32);
-        let m_weight = (1.0 - b1) as f32;
-        let (v_decay, v_weight) = (b2 as f32, (1.0 - b2) as f32);
-        // `powf` and `** 0.5` as in Python (both are libm's pow), not powi/sqrt, to round the same way.
-        let neg_step_size = (-(lr / (1.0 - b1.powf(t)))) as f32;
-        let bc2_sqrt = (1.0 - b2.powf(t)).powf(0.5) as f32;
-        let eps = self.config.eps;
+        let StepScalars { decay, m_weight, v_decay, v_weight, neg_step_size, bc2_sqrt, eps } =
+            step_scalars(&self.config, self.step, lr);
+        let decay = (self.config.weight_decay != 0.0).then_some(decay);
         for (((p, g), m), v) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v) {
             p.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
@@ -147,6 +171,34 @@ impl AdamW {
                 });
         }
         Ok(())
+    }
+
+    /// The moments, (first, second), one vector per parameter in `names` order.
+    pub fn moments(&self) -> (&[Vec<f32>], &[Vec<f32>]) {
+        (&self.m, &self.v)
+    }
+
+    /// State from its parts (a device copy of the moments, for `save`): sizes must pair up.
+    pub fn from_parts(
+        names: Vec<String>,
+        config: AdamWConfig,
+        m: Vec<Vec<f32>>,
+        v: Vec<Vec<f32>>,
+        step: u64,
+    ) -> Result<Self> {
+        ensure!(
+            m.len() == names.len() && v.len() == names.len(),
+            "AdamW: {} names for {} / {} moments",
+            names.len(),
+            m.len(),
+            v.len()
+        );
+        let mut state = Self::new(names.into_iter().zip(m.iter().map(Vec::len)), config)?;
+        for (name, (a, b)) in state.names.iter().zip(m.iter().zip(&v)) {
+            ensure!(a.len() == b.len(), "AdamW: moments of {name:?} differ in size");
+        }
+        (state.m, state.v, state.step) = (m, v, step);
+        Ok(state)
     }
 
     /// Errors unless `sizes` lists exactly this optimizer's parameter sizes.

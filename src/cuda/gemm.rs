@@ -1,23 +1,27 @@
 //! Matrix products through cuBLASLt: y = x W^T (or y += x W^T), x `[t, inp]` bf16, W `[out, inp]` bf16 (the
-//! Hugging Face layout, as the CPU's `linear`), y `[t, out]` in bf16 or fp32, fp32 accumulation.
-//! CPU twin: `cpu::linear::linear`; test: `tests/cuda_kernels.rs` (`gemm_matches_cpu`).
+//! Hugging Face layout, as the CPU's `linear`), y `[t, out]` in bf16 or fp32, fp32 accumulation; and the two
+//! products of its backward pass, dx = dy W and dW += dy^T x (dy bf16).
+//! CPU twins: `cpu::linear::linear` and `cpu::grad::linear_backward`; tests: `tests/cuda_kernels.rs`
+//! (`gemm_matches_cpu`) and `tests/cuda_train.rs` (`gemm_gradients_match_cpu`).
 //!
-//! cuBLASLt is column-major: row-major y `[t, out]` is column-major `[out, t]`, so the call is
-//! Y^T = W · X^T with W transposed. Writing fp32 straight into the residual stream with beta = 1 fuses the
+//! cuBLASLt is column-major: a row-major `[r, c]` matrix is a column-major `[c, r]` one, so the forward call
+//! is Y^T = W · X^T with W transposed, dx^T = W^T-as-stored · dy^T, and dW^T = X^T · dy with dy transposed. Writing fp32 straight into the residual stream with beta = 1 fuses the
 //! residual add into the product. Split-K algorithms are excluded, so a row's result is the same in any
 //! batch (cuBLASLt may still pick a different tile shape per row count; the K order of each sum does not
 //! change with it). A plan (descriptors, layouts and the heuristic's algorithm) is made once
 //! per shape and reused: a decode step repeats the same few shapes every step.
 use anyhow::{ensure, Result};
 use cudarc::cublaslt::{result, sys};
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
+};
 use half::bf16;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 /// An output element type cuBLASLt can write from bf16 inputs with fp32 compute.
-pub trait GemmOut: DeviceRepr {
+pub trait GemmOut: DeviceRepr + ValidAsZeroBits {
     const TYPE: sys::cudaDataType;
 }
 impl GemmOut for bf16 {
@@ -27,8 +31,32 @@ impl GemmOut for f32 {
     const TYPE: sys::cudaDataType = sys::cudaDataType::CUDA_R_32F;
 }
 
-/// The shape of one product: `(t, inp, out, output type)`.
-type Key = (usize, usize, usize, sys::cudaDataType);
+/// Which product of a linear layer: its forward pass or one of the two gradients.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Product {
+    /// y `[t, out]` = x `[t, inp]` W^T.
+    Forward,
+    /// dx `[t, inp]` = dy `[t, out]` W.
+    DInput,
+    /// dW `[out, inp]` = dy^T x.
+    DWeight,
+}
+
+impl Product {
+    /// (rows, cols, leading dimension) of the column-major operands A, B and C of cuBLASLt's C = op(A) op(B),
+    /// and whether A or B is transposed. A, B are (W, x), (W, dy) and (x, dy) for the three products.
+    #[allow(clippy::type_complexity)]
+    fn layouts(self, t: usize, inp: usize, out: usize) -> ([(usize, usize, usize); 3], bool, bool) {
+        match self {
+            Product::Forward => ([(inp, out, inp), (inp, t, inp), (out, t, out)], true, false),
+            Product::DInput => ([(inp, out, inp), (out, t, out), (inp, t, inp)], false, false),
+            Product::DWeight => ([(inp, t, inp), (out, t, out), (inp, out, inp)], false, true),
+        }
+    }
+}
+
+/// The shape of one product: `(product, t, inp, out, output type)`.
+type Key = (Product, usize, usize, usize, sys::cudaDataType);
 
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
@@ -89,27 +117,30 @@ impl Blas {
     }
 
     fn plan(&self, key: Key) -> Result<Plan> {
-        let (t, inp, out, ty) = key;
+        let (product, t, inp, out, ty) = key;
+        let ([a, b, c], trans_a, trans_b) = product.layouts(t, inp, out);
         let bf = sys::cudaDataType::CUDA_R_16BF;
         unsafe {
             let desc = result::create_matmul_desc(
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 sys::cudaDataType::CUDA_R_32F,
             )?;
-            let trans: i32 = 1; // CUBLAS_OP_T on A
-            result::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                &trans as *const i32 as *const c_void,
-                std::mem::size_of::<i32>(),
-            )?;
-            let plan = Plan {
-                desc,
-                a: result::create_matrix_layout(bf, inp as u64, out as u64, inp as i64)?,
-                b: result::create_matrix_layout(bf, inp as u64, t as u64, inp as i64)?,
-                c: result::create_matrix_layout(ty, out as u64, t as u64, out as i64)?,
-                algo: std::mem::zeroed(),
+            for (on, attribute) in [
+                (trans_a, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA),
+                (trans_b, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB),
+            ] {
+                let op: i32 = on as i32; // CUBLAS_OP_T is 1, CUBLAS_OP_N 0
+                result::set_matmul_desc_attribute(
+                    desc,
+                    attribute,
+                    &op as *const i32 as *const c_void,
+                    std::mem::size_of::<i32>(),
+                )?;
+            }
+            let layout = |ty, (rows, cols, ld): (usize, usize, usize)| {
+                result::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
             };
+            let plan = Plan { desc, a: layout(bf, a)?, b: layout(bf, b)?, c: layout(ty, c)?, algo: std::mem::zeroed() };
             let pref = result::create_matmul_pref()?;
             let ws = self.workspace.len();
             result::set_matmul_pref_attribute(
@@ -149,10 +180,76 @@ impl Blas {
             x.len() >= t * inp && w.len() >= out * inp && y.len() >= t * out,
             "gemm operands too small for [{t} x {inp}] . [{out} x {inp}]^T"
         );
-        if t == 0 {
+        self.matmul(Product::Forward, y, w, x, t, inp, out, accumulate)
+    }
+
+    /// dx = dy W, or dx += dy W when `accumulate`: dy `[t, out]`, W `[out, inp]`, dx `[t, inp]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_dx<T: GemmOut>(
+        &self,
+        dx: &mut CudaViewMut<T>,
+        dy: &CudaView<bf16>,
+        w: &CudaView<bf16>,
+        t: usize,
+        inp: usize,
+        out: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        ensure!(
+            dy.len() >= t * out && w.len() >= out * inp && dx.len() >= t * inp,
+            "gemm operands too small for [{t} x {out}] . [{out} x {inp}]"
+        );
+        self.matmul(Product::DInput, dx, w, dy, t, inp, out, accumulate)
+    }
+
+    /// dW = dy^T x, or dW += dy^T x when `accumulate`: dy `[t, out]`, x `[t, inp]`, dW `[out, inp]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_dw<T: GemmOut>(
+        &self,
+        dw: &mut CudaViewMut<T>,
+        dy: &CudaView<bf16>,
+        x: &CudaView<bf16>,
+        t: usize,
+        inp: usize,
+        out: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        ensure!(
+            dy.len() >= t * out && x.len() >= t * inp && dw.len() >= out * inp,
+            "gemm operands too small for [{t} x {out}]^T . [{t} x {inp}]"
+        );
+        self.matmul(Product::DWeight, dw, x, dy, t, inp, out, accumulate)
+    }
+
+    /// C = op(A) op(B) (+ C when `accumulate`) for `product`'s layouts, with its plan made on first use.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul<T: GemmOut>(
+        &self,
+        product: Product,
+        c: &mut CudaViewMut<T>,
+        a: &CudaView<bf16>,
+        b: &CudaView<bf16>,
+        t: usize,
+        inp: usize,
+        out: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (c_len, inner) = match product {
+            Product::Forward => (t * out, inp),
+            Product::DInput => (t * inp, out),
+            Product::DWeight => (out * inp, t),
+        };
+        if c_len == 0 {
             return Ok(());
         }
-        let key = (t, inp, out, T::TYPE);
+        if inner == 0 {
+            // An empty sum (a gradient over no tokens): zero, or nothing to add.
+            if !accumulate {
+                self.stream.memset_zeros(&mut c.slice_mut(..c_len))?;
+            }
+            return Ok(());
+        }
+        let key = (product, t, inp, out, T::TYPE);
         let mut plans = self.plans.lock().map_err(|_| anyhow::anyhow!("a cuBLASLt plan panicked"))?;
         let p = match plans.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -160,9 +257,9 @@ impl Blas {
         };
         let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         let s = &self.stream;
-        let (wp, _w) = w.device_ptr(s);
-        let (xp, _x) = x.device_ptr(s);
-        let (yp, _y) = y.device_ptr_mut(s);
+        let (ap, _a) = a.device_ptr(s);
+        let (bp, _b) = b.device_ptr(s);
+        let (cp, _c) = c.device_ptr_mut(s);
         let (ws, _ws) = self.workspace.device_ptr(s);
         unsafe {
             result::matmul(
@@ -170,13 +267,13 @@ impl Blas {
                 p.desc,
                 &alpha as *const f32 as *const c_void,
                 &beta as *const f32 as *const c_void,
-                wp as *const c_void,
+                ap as *const c_void,
                 p.a,
-                xp as *const c_void,
+                bp as *const c_void,
                 p.b,
-                yp as *const c_void,
+                cp as *const c_void,
                 p.c,
-                yp as *mut c_void,
+                cp as *mut c_void,
                 p.c,
                 &p.algo,
                 ws as *mut c_void,

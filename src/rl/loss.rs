@@ -54,7 +54,8 @@ impl Default for PgLossConfig {
 }
 
 impl PgLossConfig {
-    fn check(&self) -> Result<()> {
+    /// Errors on a clip range, dual-clip constant or KL coefficient out of range.
+    pub fn check(&self) -> Result<()> {
         if !((0.0..1.0).contains(&self.eps_low) && self.eps_high >= 0.0 && self.eps_high.is_finite()) {
             bail!(
                 "clip range needs 0 <= eps_low < 1 and finite eps_high >= 0, got {} / {}",
@@ -109,6 +110,36 @@ fn token_term(log_ratio: f64, adv: f64, ref_log_ratio: f64, cfg: &PgLossConfig) 
     t
 }
 
+/// Each token's weight in the aggregated loss (0 where `mask` is false) and the number of valid tokens:
+/// 1/N (TokenMean), 1/(S n_a) (SeqMeanTokenMean) or 1/S (SeqSum) for a valid token of action a (module
+/// docs). Errors when the mask marks a position outside every action. The CUDA loss takes these weights.
+pub fn token_weights(mask: &[bool], actions: &[Action], aggregation: Aggregation) -> Result<(Vec<f64>, usize)> {
+    check_actions(actions, mask.len())?;
+    let valid_in = |a: &Action| mask[a.offset..a.offset + a.len].iter().filter(|&&m| m).count();
+    let tokens: usize = actions.iter().map(valid_in).sum();
+    let masked_in = mask.iter().filter(|&&m| m).count();
+    if masked_in != tokens {
+        bail!("mask marks {} positions outside every action", masked_in - tokens);
+    }
+    let seqs = actions.iter().filter(|a| valid_in(a) > 0).count();
+    let mut weights = vec![0f64; mask.len()];
+    for a in actions {
+        let n = valid_in(a);
+        if n == 0 {
+            continue;
+        }
+        let weight = match aggregation {
+            Aggregation::TokenMean => 1.0 / tokens as f64,
+            Aggregation::SeqMeanTokenMean => 1.0 / (seqs * n) as f64,
+            Aggregation::SeqSum => 1.0 / seqs as f64,
+        };
+        for i in (a.offset..a.offset + a.len).filter(|&i| mask[i]) {
+            weights[i] = weight;
+        }
+    }
+    Ok((weights, tokens))
+}
+
 /// The clipped policy-gradient loss over a packed batch and its gradient w.r.t. `logp`. All per-token
 /// arrays have the batch length; `actions` are checked as in `compute_advantages`, and `mask` must be
 /// false outside every action.
@@ -126,34 +157,17 @@ pub fn pg_loss(
         t,
         &[("logp_old", logp_old.len()), ("logp_ref", logp_ref.len()), ("adv", adv.len()), ("mask", mask.len())],
     )?;
-    check_actions(actions, t)?;
     cfg.check()?;
 
-    let valid_in = |a: &Action| mask[a.offset..a.offset + a.len].iter().filter(|&&m| m).count();
-    let tokens: usize = actions.iter().map(valid_in).sum();
-    let masked_in = mask.iter().filter(|&&m| m).count();
-    if masked_in != tokens {
-        bail!("mask marks {} positions outside every action", masked_in - tokens);
-    }
-    let seqs = actions.iter().filter(|a| valid_in(a) > 0).count();
-
+    let (weights, tokens) = token_weights(mask, actions, cfg.aggregation)?;
     let mut dlogp = vec![0f32; t];
     let (mut loss, mut clipped, mut kl) = (0f64, 0usize, 0f64);
     for a in actions {
-        let n = valid_in(a);
-        if n == 0 {
-            continue;
-        }
-        let weight = match cfg.aggregation {
-            Aggregation::TokenMean => 1.0 / tokens as f64,
-            Aggregation::SeqMeanTokenMean => 1.0 / (seqs * n) as f64,
-            Aggregation::SeqSum => 1.0 / seqs as f64,
-        };
         for i in (a.offset..a.offset + a.len).filter(|&i| mask[i]) {
             let log_ratio = logp[i] as f64 - logp_old[i] as f64;
             let term = token_term(log_ratio, adv[i] as f64, logp[i] as f64 - logp_ref[i] as f64, cfg);
-            loss += weight * term.loss;
-            dlogp[i] = (weight * term.grad) as f32;
+            loss += weights[i] * term.loss;
+            dlogp[i] = (weights[i] * term.grad) as f32;
             clipped += term.clipped as usize;
             kl -= log_ratio;
         }

@@ -19,7 +19,7 @@ pub mod loss;
 pub use advantage::{
     compute_advantages, AdvantageConfig, Advantages, AgentStats, Estimator, KlEstimator, GRPO_EPS, VAR_EPS,
 };
-pub use loss::{pg_loss, Aggregation, PgLoss, PgLossConfig};
+pub use loss::{pg_loss, token_weights, Aggregation, PgLoss, PgLossConfig};
 
 /// One agent action: its generated tokens are the packed positions `offset..offset + len`.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,0 +1,131 @@
+//! The optimizer on the GPU (`kernels/adamw.cu`): fp32 master weights and fp32 moments, because the
+//! paper's learning rate of 1e-6 rounds away in a bf16 weight; a global gradient norm reduced in a fixed
+//! order; one AdamW launch over every parameter (they lie end to end in one flat buffer each), which also
+//! writes the bf16 copy that rollouts read. The clip coefficient stays on the device between the two
+//! launches, so a step never waits for the host.
+//! CPU twins: `optim::clip_grad_norm` and `optim::AdamW` (the same step scalars, `optim::step_scalars`;
+//! saved in the same file format); test: `tests/cuda_train.rs` (`adamw_matches_cpu`).
+use super::device::blocks_for;
+use super::Gpu;
+use crate::optim::{step_scalars, AdamW, AdamWConfig, StepScalars};
+use anyhow::{ensure, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use half::bf16;
+use std::path::Path;
+
+/// Elements per partial sum of the norm: `NORM_CHUNK` in kernels/adamw.cu.
+const NORM_CHUNK: usize = 16384;
+
+pub struct GpuAdamW {
+    config: AdamWConfig,
+    names: Vec<String>,
+    sizes: Vec<usize>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    step: u64,
+    /// The last norm and its clip coefficient, [norm, coef], on the device.
+    clip: CudaSlice<f32>,
+}
+
+impl GpuAdamW {
+    /// Zero state for parameters given as (name, element count), laid end to end in that order.
+    pub fn new(gpu: &Gpu, params: &[(String, usize)], config: AdamWConfig) -> Result<Self> {
+        let state = AdamW::new(params.iter().map(|(n, s)| (n.clone(), *s)), config)?; // checks the names
+        Self::from_cpu(gpu, &state)
+    }
+
+    /// The device copy of a CPU state (what `AdamW::load` read from a checkpoint).
+    pub fn from_cpu(gpu: &Gpu, state: &AdamW) -> Result<Self> {
+        let (m, v) = state.moments();
+        ensure!(m.iter().any(|x| !x.is_empty()), "AdamW on the GPU: no parameters");
+        let flat = |x: &[Vec<f32>]| x.iter().flatten().copied().collect::<Vec<f32>>();
+        Ok(GpuAdamW {
+            config: *state.config(),
+            names: state.names().to_vec(),
+            sizes: m.iter().map(Vec::len).collect(),
+            m: gpu.upload(&flat(m))?,
+            v: gpu.upload(&flat(v))?,
+            step: state.step_count(),
+            clip: gpu.upload(&[0f32, 1f32])?,
+        })
+    }
+
+    /// The host copy, in the CPU optimizer's form.
+    pub fn to_cpu(&self, gpu: &Gpu) -> Result<AdamW> {
+        let split = |flat: Vec<f32>| {
+            let mut at = 0;
+            self.sizes.iter().map(|&n| (flat[at..at + n].to_vec(), at += n).0).collect::<Vec<_>>()
+        };
+        let (m, v) = (split(gpu.download(&self.m.slice(..))?), split(gpu.download(&self.v.slice(..))?));
+        AdamW::from_parts(self.names.clone(), self.config, m, v, self.step)
+    }
+
+    /// Writes the state in `AdamW::save`'s format, so a run saved on one backend resumes on the other.
+    pub fn save(&self, gpu: &Gpu, path: &Path) -> Result<()> {
+        self.to_cpu(gpu)?.save(path)
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    fn len(&self) -> usize {
+        self.sizes.iter().sum()
+    }
+
+    /// The global L2 norm of `grads` (all parameters end to end) and, kept on the device for `step`, the
+    /// coefficient that clips it to `max_norm` (`f32::INFINITY`: no clipping).
+    pub fn clip_grad_norm(&mut self, gpu: &Gpu, grads: &CudaView<f32>, max_norm: f32) -> Result<()> {
+        let n = self.len();
+        ensure!(grads.len() == n, "clip_grad_norm: {} gradients for {n} parameters", grads.len());
+        let chunks = n.div_ceil(NORM_CHUNK).max(1);
+        let mut partial = gpu.zeros::<f64>(chunks)?;
+        let n64 = n as i64;
+        let mut l = gpu.launch("grad_sumsq_chunks")?;
+        l.arg(grads).arg(&n64).arg(&mut partial);
+        unsafe {
+            l.launch(LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+        }?;
+        let chunks32 = chunks as i32;
+        let mut l = gpu.launch("grad_norm_finish")?;
+        l.arg(&partial).arg(&chunks32).arg(&max_norm).arg(&mut self.clip);
+        unsafe { l.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }) }?;
+        Ok(())
+    }
+
+    /// The norm the last `clip_grad_norm` measured (waits for the stream).
+    pub fn last_norm(&self, gpu: &Gpu) -> Result<f32> {
+        Ok(gpu.download(&self.clip.slice(..1))?[0])
+    }
+
+    /// One AdamW update of the fp32 `master` weights with `grads` scaled by the last clip coefficient (1
+    /// before any `clip_grad_norm`), at learning rate `lr`; `weights` (bf16) gets the updated values.
+    pub fn step(
+        &mut self,
+        gpu: &Gpu,
+        master: &mut CudaViewMut<f32>,
+        grads: &CudaView<f32>,
+        weights: &mut CudaViewMut<bf16>,
+        lr: f32,
+    ) -> Result<()> {
+        let n = self.len();
+        ensure!(
+            master.len() == n && grads.len() == n && weights.len() == n,
+            "AdamW step: {} weights, {} gradients, {} bf16 weights for {n} parameters",
+            master.len(),
+            grads.len(),
+            weights.len()
+        );
+        self.step += 1;
+        let StepScalars { decay, m_weight, v_decay, v_weight, neg_step_size, bc2_sqrt, eps } =
+            step_scalars(&self.config, self.step, lr);
+        let n64 = n as i64;
+        let mut l = gpu.launch("adamw_step")?;
+        l.arg(master).arg(&mut self.m).arg(&mut self.v).arg(grads).arg(weights).arg(&n64).arg(&self.clip);
+        l.arg(&decay).arg(&m_weight).arg(&v_decay).arg(&v_weight).arg(&neg_step_size).arg(&bc2_sqrt).arg(&eps);
+        // A grid-stride loop over every parameter: enough blocks to fill the GPU.
+        let grid = blocks_for(n, 256).clamp(1, 8192);
+        unsafe { l.launch(LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }?;
+        Ok(())
+    }
+}
