@@ -76,3 +76,97 @@ __device__ __forceinline__ void qkv_rope_append(bf16* __restrict__ q_out, bf16* 
 QKV_KERNEL(64)
 QKV_KERNEL(128)
 QKV_KERNEL(256)
+
+// The backward pass over a training batch (rows r = tokens, position positions[r]): from dq [t, q_dim] and
+// dk, dv [t, kv_dim] (fp32, attention's backward) to the fused projection's gradient d_qkv [t, width] in
+// bf16 (the input of its two products) and, when `d_qkv32` is given, in fp32 (for the bias's column sum).
+// Per q/k head: un-rotate (RoPE's transpose), then through the head norm (recomputed from the forward's
+// `qkv` row and bias): with u = raw + bias and r = 1/sqrt(mean(u^2) + eps), du = r (dn w) - u r^3 / HD
+// sum(dn w u); the norm weights' gradient, sum over the row's heads of dn u r, goes to norm_partial
+// [2, t, HD] (q, then k; heads added in order) for a column sum over rows. v passes through.
+// CPU twin: cpu::grad::rope_backward, rmsnorm_backward (per head) and bias_backward, as cpu::train uses
+// them; test: tests/cuda_train.rs `qkv_backward_matches_cpu`. One block per row, one warp per head.
+template <int HD>
+__device__ __forceinline__ void qkv_backward(bf16* __restrict__ d_qkv, float* __restrict__ d_qkv32,
+                                             float* __restrict__ norm_partial, const float* __restrict__ dq,
+                                             const float* __restrict__ dk, const float* __restrict__ dv,
+                                             const float* __restrict__ qkv, const bf16* __restrict__ bias,
+                                             const bf16* __restrict__ q_norm, const bf16* __restrict__ k_norm,
+                                             const float* __restrict__ inv_freq, const int* __restrict__ positions,
+                                             int n_heads, int n_kv, float eps) {
+    constexpr int PER_LANE = HD / 32, HALF = PER_LANE / 2;
+    __shared__ float wsum[8][2][HD];  // per warp: its heads' norm-weight gradients, q and k
+    const int r = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int qd = n_heads * HD, kvd = n_kv * HD, width = qd + 2 * kvd;
+    const float pos = (float)positions[r];
+    const float* row = qkv + (size_t)r * width;
+    float gwq[PER_LANE] = {0.f}, gwk[PER_LANE] = {0.f};  // this warp's norm-weight gradients
+    for (int h = warp; h < n_heads + 2 * n_kv; h += warps) {
+        const int base = h * HD;
+        const bool is_q = h < n_heads, is_v = h >= n_heads + n_kv;
+        const float* src = is_q ? dq + (size_t)r * qd + base
+                                : (is_v ? dv + (size_t)r * kvd + (base - qd - kvd) : dk + (size_t)r * kvd + (base - qd));
+        float g[PER_LANE];
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++) g[j] = src[lane + 32 * j];
+        if (!is_v) {
+#pragma unroll
+            for (int j = 0; j < HALF; j++) {  // the rotation's transpose: the same angle, sin negated
+                float s, c;
+                sincosf(pos * inv_freq[lane + 32 * j], &s, &c);
+                const float a = g[j], b = g[j + HALF];
+                g[j] = a * c + b * s;
+                g[j + HALF] = b * c - a * s;
+            }
+            const bf16* nw = is_q ? q_norm : k_norm;
+            if (nw) {
+                float u[PER_LANE], ss = 0.f, dot = 0.f;
+#pragma unroll
+                for (int j = 0; j < PER_LANE; j++) {
+                    const int c = base + lane + 32 * j;
+                    u[j] = row[c] + (bias ? __bfloat162float(bias[c]) : 0.f);
+                    ss += u[j] * u[j];
+                    dot += g[j] * __bfloat162float(nw[lane + 32 * j]) * u[j];
+                }
+                const float inv = rsqrtf(warp_sum(ss) / HD + eps);
+                const float cc = inv * inv * inv / HD * warp_sum(dot);
+#pragma unroll
+                for (int j = 0; j < PER_LANE; j++) {
+                    if (is_q) gwq[j] += g[j] * u[j] * inv;
+                    else gwk[j] += g[j] * u[j] * inv;
+                    g[j] = inv * g[j] * __bfloat162float(nw[lane + 32 * j]) - cc * u[j];
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++) {
+            const size_t at = (size_t)r * width + base + lane + 32 * j;
+            d_qkv[at] = __float2bfloat16(g[j]);
+            if (d_qkv32) d_qkv32[at] = g[j];
+        }
+    }
+    if (!norm_partial) return;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) {
+        wsum[warp][0][lane + 32 * j] = gwq[j];
+        wsum[warp][1][lane + 32 * j] = gwk[j];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 2 * HD; i += blockDim.x) {
+        float s = 0.f;
+        for (int w = 0; w < warps; w++) s += wsum[w][i / HD][i % HD];
+        norm_partial[(size_t)(i / HD) * gridDim.x * HD + (size_t)r * HD + i % HD] = s;
+    }
+}
+
+#define QKV_BACKWARD_KERNEL(HD)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) qkv_backward_##HD(                                         \
+        bf16* d_qkv, float* d_qkv32, float* norm_partial, const float* dq, const float* dk, const float* dv,      \
+        const float* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm, const float* inv_freq,        \
+        const int* positions, int n_heads, int n_kv, float eps) {                                                 \
+        qkv_backward<HD>(d_qkv, d_qkv32, norm_partial, dq, dk, dv, qkv, bias, q_norm, k_norm, inv_freq, positions, \
+                         n_heads, n_kv, eps);                                                                     \
+    }
+QKV_BACKWARD_KERNEL(64)
+QKV_BACKWARD_KERNEL(128)
+QKV_BACKWARD_KERNEL(256)

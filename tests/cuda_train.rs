@@ -336,3 +336,106 @@ fn attention_backward_matches_cpu() {
         }
     }
 }
+
+/// The fused q/k/v tail's backward pass (RoPE's transpose, the qwen3 head norms, the qwen2 biases) for
+/// each architecture and head size, at positions up to 4096, against rope_backward, rmsnorm_backward per
+/// head and bias_backward.
+#[test]
+fn qkv_backward_matches_cpu() {
+    use mappa::config::Arch;
+    use mappa::cpu::grad::{bias_backward, rmsnorm_backward, rope_backward};
+    use mappa::cuda::qkv::{self, QkvExtras, QkvShape, QkvWeightGrads};
+    let Some(gpu) = gpu_or_skip("qkv_backward_matches_cpu") else { return };
+    for (arch, hd, n_heads, n_kv) in
+        [(Arch::Llama, 64, 9, 3), (Arch::Qwen2, 128, 14, 2), (Arch::Qwen3, 128, 16, 8), (Arch::Qwen3, 256, 2, 1)]
+    {
+        let mut cfg = common::tiny_config(arch);
+        (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.rope_theta) = (hd, n_heads, n_kv, 1e6);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let width = qd + 2 * kvd;
+        let positions: Vec<i32> = vec![0, 1, 6, 128, 4096, 17, 4095];
+        let t = positions.len();
+        let seed = (hd * n_heads) as u64;
+        let raw = random_bf16(t * width, -2.0, 2.0, seed);
+        let (dq, dk, dv) = (
+            random_bf16(t * qd, -1.0, 1.0, seed + 1),
+            random_bf16(t * kvd, -1.0, 1.0, seed + 2),
+            random_bf16(t * kvd, -1.0, 1.0, seed + 3),
+        );
+        let bias = (arch == Arch::Qwen2).then(|| random_bf16(width, -0.5, 0.5, 3));
+        let norms = (arch == Arch::Qwen3).then(|| (random_bf16(hd, 0.5, 1.5, 4), random_bf16(hd, 0.5, 1.5, 5)));
+        let eps = 1e-6;
+        let rope = mappa::cpu::ops::Rope::new(&cfg);
+
+        // The CPU twin, row by row.
+        let mut want = vec![0f32; t * width];
+        let (mut want_dqn, mut want_dkn) = (vec![0f32; hd], vec![0f32; hd]);
+        for r in 0..t {
+            let (cos, sin) = rope.table(positions[r] as usize, 1);
+            let mut u = raw[r * width..][..width].to_vec();
+            if let Some(b) = &bias {
+                u.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
+            let out = &mut want[r * width..][..width];
+            for (g, at, n, dw) in
+                [(&dq[r * qd..][..qd], 0, 0, &mut want_dqn), (&dk[r * kvd..][..kvd], qd, 1, &mut want_dkn)]
+            {
+                let mut g = g.to_vec();
+                rope_backward(&mut g, &cos, &sin);
+                if let Some(ws) = &norms {
+                    let w = if n == 0 { &ws.0 } else { &ws.1 };
+                    let mut du = vec![0f32; g.len()];
+                    rmsnorm_backward(&g, &u[at..at + g.len()], w, eps, &mut du, dw);
+                    g = du;
+                }
+                out[at..at + g.len()].copy_from_slice(&g);
+            }
+            out[qd + kvd..].copy_from_slice(&dv[r * kvd..][..kvd]);
+        }
+        let mut want_db = vec![0f32; width];
+        bias_backward(&want, t, width, &mut want_db);
+
+        let (rawd, freqd, posd) =
+            (gpu.upload(&raw).unwrap(), gpu.upload(rope.inv_freq()).unwrap(), gpu.upload(&positions).unwrap());
+        let [dqd, dkd, dvd] = [&dq, &dk, &dv].map(|x| gpu.upload(x).unwrap());
+        let biasd = bias.as_ref().map(|b| upload_bf16(&gpu, b));
+        let normsd = norms.as_ref().map(|(a, b)| (upload_bf16(&gpu, a), upload_bf16(&gpu, b)));
+        let bias_v = biasd.as_ref().map(|b| b.slice(..));
+        let norm_v = normsd.as_ref().map(|(a, b)| (a.slice(..), b.slice(..)));
+        let extras = QkvExtras { bias: bias_v.as_ref(), norms: norm_v.as_ref().map(|(a, b)| (a, b)) };
+        let mut d_qkv = gpu.zeros::<bf16>(t * width).unwrap();
+        let (mut db, mut dqn, mut dkn) =
+            (gpu.zeros::<f32>(width).unwrap(), gpu.zeros::<f32>(hd).unwrap(), gpu.zeros::<f32>(hd).unwrap());
+        let (mut db_v, mut dqn_v, mut dkn_v) = (db.slice_mut(..), dqn.slice_mut(..), dkn.slice_mut(..));
+        let grads = QkvWeightGrads {
+            bias: bias.is_some().then_some(&mut db_v),
+            norms: norms.is_some().then_some((&mut dqn_v, &mut dkn_v)),
+        };
+        let shape = QkvShape { n_heads, n_kv, head_dim: hd, eps };
+        qkv::qkv_backward(
+            &gpu,
+            &mut d_qkv.slice_mut(..),
+            grads,
+            &dqd.slice(..),
+            &dkd.slice(..),
+            &dvd.slice(..),
+            &rawd.slice(..),
+            extras,
+            &freqd.slice(..),
+            &posd.slice(..),
+            shape,
+        )
+        .unwrap();
+        // One bf16 rounding of d_qkv; sincosf at angles up to 4096 rad agrees with the CPU's to a few 1e-7.
+        let what = format!("{arch:?} hd {hd}");
+        assert_close(&format!("{what} d_qkv"), &download_bf16(&gpu, &d_qkv), &want, 1.0 / 128.0, 2e-3);
+        // fp32 sums over 7 rows (and the row's heads) in another order.
+        if bias.is_some() {
+            assert_close(&format!("{what} d bias"), &gpu.download(&db.slice(..)).unwrap(), &want_db, 1e-4, 1e-4);
+        }
+        if norms.is_some() {
+            assert_close(&format!("{what} d q norm"), &gpu.download(&dqn.slice(..)).unwrap(), &want_dqn, 1e-4, 1e-4);
+            assert_close(&format!("{what} d k norm"), &gpu.download(&dkn.slice(..)).unwrap(), &want_dkn, 1e-4, 1e-4);
+        }
+    }
+}
