@@ -8,8 +8,9 @@
 //   attn_bwd_dq:   dq_i = scale sum_j P_ij (dO_i . v_j - D_i) k_j
 //   attn_bwd_dkv:  dv_j = sum_i P_ij dO_i,  dk_j = scale sum_i P_ij (dO_i . v_j - D_i) q_i   (i >= j)
 // with s_ij = scale q_i . k_j, P_ij = exp(s_ij - lse_i), scale = 1/sqrt(hd). Layout: q, dO and dq
-// [T, n_heads * hd], k, v, dk, dv [T, n_kv * hd]; row r belongs to the sequence [starts[r], ends[r]) and
-// sees keys starts[r]..=r. Query head h reads kv head h / (n_heads / n_kv).
+// [T, n_heads * hd], dk, dv [T, n_kv * hd]; row r belongs to the sequence [starts[r], ends[r]) and sees keys
+// starts[r]..=r. k and v hold row r's key and value at row kv_rows[r] (a KV pool's slot), or at row r when
+// kv_rows is null. Query head h reads kv head h / (n_heads / n_kv).
 // One warp per row and head, each lane holding hd / 32 elements (hd a multiple of 32, at most 256); fp32
 // arithmetic on bf16 q, k, v and fp32 dO; gradients written in fp32 for the RoPE / norm backward that
 // follows. This is the plain SIMT version: correct and exact-order, not yet on tensor cores.
@@ -48,8 +49,8 @@ __device__ __forceinline__ void store_f32(float* dst, const float (&src)[MAX_PER
 // lse and D for every (row, head): stats[2 (r n_heads + h)..] = (lse, D).
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_rows(float* __restrict__ stats, const bf16* __restrict__ q, const bf16* __restrict__ k,
-                  const bf16* __restrict__ v, const float* __restrict__ dout, const int* __restrict__ starts, int t,
-                  int n_heads, int n_kv, int hd, float scale) {
+                  const bf16* __restrict__ v, const float* __restrict__ dout, const int* __restrict__ starts,
+                  const int* __restrict__ kv_rows, int t, int n_heads, int n_kv, int hd, float scale) {
     const int lane = threadIdx.x & 31;
     const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (w >= (long long)t * n_heads) return;
@@ -59,11 +60,11 @@ extern "C" __global__ void __launch_bounds__(256)
     load_bf16(qi, q + (size_t)row * qd + h * hd, per, lane);
     float m = -INFINITY, l = 0.f;
     for (int j = starts[row]; j <= row; j++) {
-        load_bf16(kj, k + (size_t)j * kvd + kvh * hd, per, lane);
+        load_bf16(kj, k + (size_t)(kv_rows ? kv_rows[j] : j) * kvd + kvh * hd, per, lane);
         const float s = head_dot(qi, kj, per) * scale;
         const float m_new = fmaxf(m, s), c = expf(m - m_new), p = expf(s - m_new);
         l = l * c + p;
-        const bf16* vj = v + (size_t)j * kvd + kvh * hd;
+        const bf16* vj = v + (size_t)(kv_rows ? kv_rows[j] : j) * kvd + kvh * hd;
 #pragma unroll
         for (int e = 0; e < MAX_PER_LANE; e++)
             if (e < per) o[e] = o[e] * c + p * __bfloat162float(vj[lane + 32 * e]);
@@ -82,7 +83,8 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dq(float* __restrict__ dq, const float* __restrict__ stats, const bf16* __restrict__ q,
                 const bf16* __restrict__ k, const bf16* __restrict__ v, const float* __restrict__ dout,
-                const int* __restrict__ starts, int t, int n_heads, int n_kv, int hd, float scale) {
+                const int* __restrict__ starts, const int* __restrict__ kv_rows, int t, int n_heads, int n_kv,
+                int hd, float scale) {
     const int lane = threadIdx.x & 31;
     const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (w >= (long long)t * n_heads) return;
@@ -93,8 +95,8 @@ extern "C" __global__ void __launch_bounds__(256)
     load_bf16(qi, q + (size_t)row * qd + h * hd, per, lane);
     load_f32(g, dout + (size_t)row * qd + h * hd, per, lane);
     for (int j = starts[row]; j <= row; j++) {
-        load_bf16(kj, k + (size_t)j * kvd + kvh * hd, per, lane);
-        load_bf16(vj, v + (size_t)j * kvd + kvh * hd, per, lane);
+        load_bf16(kj, k + (size_t)(kv_rows ? kv_rows[j] : j) * kvd + kvh * hd, per, lane);
+        load_bf16(vj, v + (size_t)(kv_rows ? kv_rows[j] : j) * kvd + kvh * hd, per, lane);
         const float p = expf(head_dot(qi, kj, per) * scale - lse);
         const float ds = p * (head_dot(g, vj, per) - delta);
 #pragma unroll
@@ -109,8 +111,8 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dkv(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ stats,
                  const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-                 const float* __restrict__ dout, const int* __restrict__ ends, int t, int n_heads, int n_kv, int hd,
-                 float scale) {
+                 const float* __restrict__ dout, const int* __restrict__ ends, const int* __restrict__ kv_rows, int t,
+                 int n_heads, int n_kv, int hd, float scale) {
     const int lane = threadIdx.x & 31;
     const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (w >= (long long)t * n_kv) return;
@@ -118,8 +120,8 @@ extern "C" __global__ void __launch_bounds__(256)
     const int qd = n_heads * hd, kvd = n_kv * hd;
     float kj[MAX_PER_LANE], vj[MAX_PER_LANE], qi[MAX_PER_LANE], gi[MAX_PER_LANE];
     float ak[MAX_PER_LANE] = {0.f}, av[MAX_PER_LANE] = {0.f};
-    load_bf16(kj, k + (size_t)j * kvd + g * hd, per, lane);
-    load_bf16(vj, v + (size_t)j * kvd + g * hd, per, lane);
+    load_bf16(kj, k + (size_t)(kv_rows ? kv_rows[j] : j) * kvd + g * hd, per, lane);
+    load_bf16(vj, v + (size_t)(kv_rows ? kv_rows[j] : j) * kvd + g * hd, per, lane);
     for (int h = g * group; h < (g + 1) * group; h++) {
         for (int i = j; i < ends[j]; i++) {
             load_bf16(qi, q + (size_t)i * qd + h * hd, per, lane);
@@ -135,6 +137,6 @@ extern "C" __global__ void __launch_bounds__(256)
                 }
         }
     }
-    store_f32(dk + (size_t)j * kvd + g * hd, ak, scale, per, lane);
+    store_f32(dk + (size_t)j * kvd + g * hd, ak, scale, per, lane);  // packed rows, whatever kv_rows says
     store_f32(dv + (size_t)j * kvd + g * hd, av, 1.f, per, lane);
 }

@@ -214,7 +214,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             );
             for (work, what) in [(Work::Inference, "generate, serve"), (Work::Training, "train")] {
-                match mappa::model::cuda_unavailable(work) {
+                match mappa::model::auto_cpu_reason(work) {
                     None => println!("backend (auto) for {what}: cuda"),
                     Some(why) => println!("backend (auto) for {what}: cpu, since {why}"),
                 }

@@ -90,7 +90,7 @@ fn cli_errors_are_clear() {
 
     let gguf = common::smollm2_gguf();
     let o = run(&["generate", "--model", gguf.to_str().unwrap(), "--prompt", "hi", "--device", "cuda"]);
-    if let Some(why) = mappa::model::cuda_unavailable(mappa::model::Work::Inference) {
+    if let Some(why) = mappa::model::cuda_unavailable() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("CUDA backend was asked for") && err.contains(&why), "{err}");
         assert!(o.stdout.is_empty(), "nothing generated");

@@ -324,9 +324,42 @@ fn attention_backward_matches_cpu() {
             &qd_.slice(..),
             &kd.slice(..),
             &vd.slice(..),
+            None,
             &shape,
         )
         .unwrap();
+        // The same keys and values scattered over a larger pool (as a training forward leaves them), read
+        // through their slots: the gradients must not change at all.
+        let slots: Vec<i32> = (0..t as i32).rev().map(|r| r + 5).collect();
+        let n_slots = t + 5;
+        let (mut kp, mut vp) = (vec![9f32; n_slots * kvd], vec![9f32; n_slots * kvd]);
+        for (r, &s) in slots.iter().enumerate() {
+            kp[s as usize * kvd..][..kvd].copy_from_slice(&k[r * kvd..][..kvd]);
+            vp[s as usize * kvd..][..kvd].copy_from_slice(&v[r * kvd..][..kvd]);
+        }
+        let (kpd, vpd, sd) = (upload_bf16(&gpu, &kp), upload_bf16(&gpu, &vp), gpu.upload(&slots).unwrap());
+        let (mut dq2, mut dk2, mut dv2) =
+            (gpu.zeros::<f32>(t * qd).unwrap(), gpu.zeros::<f32>(t * kvd).unwrap(), gpu.zeros::<f32>(t * kvd).unwrap());
+        ab::attention_backward(
+            &gpu,
+            &mut dq2.slice_mut(..),
+            &mut dk2.slice_mut(..),
+            &mut dv2.slice_mut(..),
+            &dod.slice(..),
+            &qd_.slice(..),
+            &kpd.slice(..),
+            &vpd.slice(..),
+            Some(&sd.slice(..)),
+            &shape,
+        )
+        .unwrap();
+        for (name, a, b) in [("dq", &dq, &dq2), ("dk", &dk, &dk2), ("dv", &dv, &dv2)] {
+            assert_eq!(
+                gpu.download(&a.slice(..)).unwrap(),
+                gpu.download(&b.slice(..)).unwrap(),
+                "{name} through slots"
+            );
+        }
         // fp32 throughout on both sides, sums of up to (group x) 600 terms in another order, and expf
         // against exp: a few 1e-6 of the largest gradient, bounded here by 1e-4 of it.
         let what = format!("{seq_lens:?} heads {n_heads}/{n_kv} hd {hd}");

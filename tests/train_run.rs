@@ -191,17 +191,17 @@ fn quickstart_config_resolves_to_installed_files() {
 /// cannot run, or an agent on a device the backend lacks, fails before the run directory exists.
 #[test]
 fn backend_choice_is_honoured_and_recorded() {
-    use mappa::model::{cuda_unavailable, BackendChoice, Work};
+    use mappa::model::{auto_cpu_reason, cuda_unavailable, BackendChoice, Work};
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path(), 1);
     cfg.run.backend = BackendChoice::Auto;
     let run = Run::open(Open::New(Box::new(cfg.clone()))).unwrap();
     let written = RunConfig::load(run.dir.join("config.toml")).unwrap();
-    let want = if cuda_unavailable(Work::Training).is_some() { BackendChoice::Cpu } else { BackendChoice::Cuda };
+    let want = if auto_cpu_reason(Work::Training).is_some() { BackendChoice::Cpu } else { BackendChoice::Cuda };
     assert_eq!(written.run.backend, want, "config.toml records the resolved backend");
     drop(run);
 
-    if let Some(why) = cuda_unavailable(Work::Training) {
+    if let Some(why) = cuda_unavailable() {
         let mut cuda = cfg.clone();
         cuda.run.backend = BackendChoice::Cuda;
         cuda.run.dir = Some(tmp.path().join("cuda-run"));

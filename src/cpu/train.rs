@@ -66,7 +66,7 @@ impl Tape {
 
 /// Per position, the token it predicts: position i of a sequence scores token i + 1 of that sequence. The
 /// scored positions are given as packed indices; each must have a next token in its own sequence.
-fn targets(tokens: &[u32], seq_lens: &[usize], positions: &[usize]) -> Result<Vec<u32>> {
+pub(crate) fn targets(tokens: &[u32], seq_lens: &[usize], positions: &[usize]) -> Result<Vec<u32>> {
     let mut last = vec![false; tokens.len()];
     let mut end = 0;
     for &len in seq_lens {

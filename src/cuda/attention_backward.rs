@@ -29,7 +29,8 @@ pub struct PackedShape<'a> {
     pub hd: usize,
 }
 
-/// dq `[T, n_heads hd]`, dk and dv `[T, n_kv hd]` (fp32, overwritten) from d_out `[T, n_heads hd]`.
+/// dq `[T, n_heads hd]`, dk and dv `[T, n_kv hd]` (fp32, overwritten) from d_out `[T, n_heads hd]`. Row r's
+/// key and value are row `kv_rows[r]` of k and v (a KV pool's slots), or row r without `kv_rows`.
 #[allow(clippy::too_many_arguments)] // three gradients, three inputs, the upstream gradient and the layout
 pub fn attention_backward(
     gpu: &Gpu,
@@ -40,6 +41,7 @@ pub fn attention_backward(
     q: &CudaView<bf16>,
     k: &CudaView<bf16>,
     v: &CudaView<bf16>,
+    kv_rows: Option<&CudaView<i32>>,
     shape: &PackedShape,
 ) -> Result<()> {
     let PackedShape { seq_lens, n_heads, n_kv, hd } = *shape;
@@ -51,10 +53,12 @@ pub fn attention_backward(
         q.len() >= t * qd && d_out.len() >= t * qd && dq.len() >= t * qd,
         "attention backward: q-shaped buffers too small for {t} rows"
     );
-    ensure!(
-        k.len() >= t * kvd && v.len() >= t * kvd && dk.len() >= t * kvd && dv.len() >= t * kvd,
-        "attention backward: kv-shaped buffers too small for {t} rows"
-    );
+    ensure!(dk.len() >= t * kvd && dv.len() >= t * kvd, "attention backward: dk or dv too small for {t} rows");
+    match kv_rows {
+        // The slots were checked when the forward wrote them; k and v must hold a row for each.
+        Some(r) => ensure!(r.len() == t && k.len() == v.len() && k.len() % kvd == 0, "attention backward: kv rows"),
+        None => ensure!(k.len() >= t * kvd && v.len() >= t * kvd, "attention backward: k or v too small for {t} rows"),
+    }
     if t == 0 {
         return Ok(());
     }
@@ -70,16 +74,30 @@ pub fn attention_backward(
         shared_mem_bytes: 0,
     };
 
+    let null = 0u64; // no kv_rows: k and v are packed like q
     let mut l = gpu.launch("attn_bwd_rows")?;
-    l.arg(&mut stats).arg(q).arg(k).arg(v).arg(d_out).arg(&starts).arg(&t32).arg(&nh).arg(&nk).arg(&hd32).arg(&scale);
+    l.arg(&mut stats).arg(q).arg(k).arg(v).arg(d_out).arg(&starts);
+    match kv_rows {
+        Some(r) => l.arg(r),
+        None => l.arg(&null),
+    };
+    l.arg(&t32).arg(&nh).arg(&nk).arg(&hd32).arg(&scale);
     unsafe { l.launch(cfg(t * n_heads)) }?;
     let mut l = gpu.launch("attn_bwd_dq")?;
-    l.arg(dq).arg(&stats).arg(q).arg(k).arg(v).arg(d_out).arg(&starts).arg(&t32).arg(&nh).arg(&nk).arg(&hd32);
-    l.arg(&scale);
+    l.arg(dq).arg(&stats).arg(q).arg(k).arg(v).arg(d_out).arg(&starts);
+    match kv_rows {
+        Some(r) => l.arg(r),
+        None => l.arg(&null),
+    };
+    l.arg(&t32).arg(&nh).arg(&nk).arg(&hd32).arg(&scale);
     unsafe { l.launch(cfg(t * n_heads)) }?;
     let mut l = gpu.launch("attn_bwd_dkv")?;
-    l.arg(dk).arg(dv).arg(&stats).arg(q).arg(k).arg(v).arg(d_out).arg(&ends).arg(&t32).arg(&nh).arg(&nk).arg(&hd32);
-    l.arg(&scale);
+    l.arg(dk).arg(dv).arg(&stats).arg(q).arg(k).arg(v).arg(d_out).arg(&ends);
+    match kv_rows {
+        Some(r) => l.arg(r),
+        None => l.arg(&null),
+    };
+    l.arg(&t32).arg(&nh).arg(&nk).arg(&hd32).arg(&scale);
     unsafe { l.launch(cfg(t * n_kv)) }?;
     Ok(())
 }

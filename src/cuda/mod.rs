@@ -4,7 +4,7 @@
 //! Files, bottom up: `device` (context, stream, every kernel loaded once, the probe), `gemm` (cuBLASLt),
 //! one launcher file per kernel family (`norm`, `qkv`, `swiglu`, `attention`, `sample`; for training
 //! `attention_backward`, `colsum`, `lm_head` and `optim`), each naming its CPU twin, and `model` (weights
-//! in one device allocation, the paged KV pool, the batched step).
+//! in one device allocation, the paged KV pool, the batched step) with `train` (scoring, backward, optimizer).
 //! Every kernel is tested against its CPU twin in `tests/cuda_*.rs`; those tests skip, saying so, where
 //! there is no device.
 pub mod attention;
@@ -19,5 +19,6 @@ pub mod optim;
 pub mod qkv;
 pub mod sample;
 pub mod swiglu;
+pub mod train;
 
 pub use device::{device, Gpu};

@@ -29,13 +29,14 @@
 //! `sample::sample_masked`, so its draw, log-prob and alternatives are the CPU backend's and the mask is
 //! never skipped; the device's pick for that row is discarded. Other rows are untouched by it.
 //!
-//! Training (scored forward, backward, optimizer) is the CUDA training issue's work; those methods say so,
-//! and so does scoring a sequence (prompt log-probs).
+//! Training (scored forward, backward, optimizer) is in `cuda::train`; top log-probs of a scored sequence
+//! are not supported here yet, and say so.
 use super::attention::{Attention, AttnShape};
 use super::norm::{self, Rows};
 use super::qkv::{self, QkvExtras, QkvShape};
 use super::sample::Sampler;
 use super::swiglu::swiglu;
+use super::train::{LayerTape, PackedPass, TrainState};
 use super::Gpu;
 use crate::config::ModelConfig;
 use crate::cpu::model::weights_from;
@@ -65,8 +66,8 @@ pub struct CudaKvPool {
     num_blocks: usize,
     block_size: usize,
     /// Elements of one layer's keys (or values).
-    plane: usize,
-    buf: CudaSlice<bf16>,
+    pub(super) plane: usize,
+    pub(super) buf: CudaSlice<bf16>,
 }
 
 impl CudaKvPool {
@@ -75,7 +76,7 @@ impl CudaKvPool {
         (cfg.num_layers * 2 * cfg.kv_dim() * 2).saturating_mul(block_size)
     }
 
-    fn new(gpu: &Gpu, cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<CudaKvPool> {
+    pub(super) fn new(gpu: &Gpu, cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<CudaKvPool> {
         ensure!(
             num_blocks > 0 && block_size > 0,
             "a KV pool needs blocks ({num_blocks}) and positions per block ({block_size})"
@@ -100,7 +101,7 @@ impl CudaKvPool {
     }
 
     /// Where layer `l`'s keys (`kv` 0) or values (1) start.
-    fn plane_start(&self, l: usize, kv: usize) -> usize {
+    pub(super) fn plane_start(&self, l: usize, kv: usize) -> usize {
         (2 * l + kv) * self.plane
     }
 
@@ -133,8 +134,18 @@ impl KvPool for CudaKvPool {
     }
 }
 
+/// A device copy of the first `n` values of `buf` when `on`: what a recording forward keeps for the backward.
+fn keep<T: DeviceRepr>(gpu: &Gpu, on: bool, buf: &CudaSlice<T>, n: usize) -> Result<Option<CudaSlice<T>>> {
+    Ok(if on { Some(gpu.stream.clone_dtod(&buf.slice(..n))?) } else { None })
+}
+
+/// What `keep` kept, where the forward recorded.
+fn kept<T>(o: Option<CudaSlice<T>>) -> Result<CudaSlice<T>> {
+    o.context("a recording forward keeps every layer value")
+}
+
 /// A device buffer that grows to the largest size asked of it.
-struct Grow<T>(Option<CudaSlice<T>>);
+pub(super) struct Grow<T>(pub(super) Option<CudaSlice<T>>);
 
 impl<T: DeviceRepr + ValidAsZeroBits> Grow<T> {
     fn get(&mut self, gpu: &Gpu, n: usize) -> Result<&mut CudaSlice<T>> {
@@ -147,7 +158,7 @@ impl<T: DeviceRepr + ValidAsZeroBits> Grow<T> {
 }
 
 /// Scratch of a step, kept between steps (`step` takes `&self`, so it sits behind a lock).
-struct Work {
+pub(super) struct Work {
     meta: Grow<i32>,
     x: Grow<f32>,
     delta: Grow<f32>,
@@ -157,7 +168,7 @@ struct Work {
     att: Grow<bf16>,
     gate_up: Grow<bf16>,
     act: Grow<bf16>,
-    head_in: Grow<bf16>,
+    pub(super) head_in: Grow<bf16>,
     logits: Grow<f32>,
     /// Built for the block size of the pool it last ran on.
     attention: Option<(usize, Attention)>,
@@ -165,17 +176,19 @@ struct Work {
 }
 
 pub struct CudaModel {
-    gpu: Arc<Gpu>,
-    config: ModelConfig,
-    /// Every parameter in bf16, in the CPU arena's layout.
-    weights: CudaSlice<bf16>,
-    params: Vec<Param>,
-    embed: Range<usize>,
-    head: Range<usize>,
-    norm: Range<usize>,
-    layers: Vec<Layer>,
-    inv_freq: CudaSlice<f32>,
-    work: Mutex<Work>,
+    pub(super) gpu: Arc<Gpu>,
+    pub(super) config: ModelConfig,
+    /// Every parameter in bf16, in the CPU arena's layout: what rollouts read, and what training updates.
+    pub(super) weights: CudaSlice<bf16>,
+    pub(super) params: Vec<Param>,
+    pub(super) embed: Range<usize>,
+    pub(super) head: Range<usize>,
+    pub(super) norm: Range<usize>,
+    pub(super) layers: Vec<Layer>,
+    pub(super) inv_freq: CudaSlice<f32>,
+    pub(super) work: Mutex<Work>,
+    /// Gradients, fp32 master weights and optimizer state, made when training starts.
+    pub(super) train: TrainState,
 }
 
 impl CudaModel {
@@ -214,12 +227,33 @@ impl CudaModel {
             attention: None,
             sampler: Sampler::new(),
         };
-        Ok(CudaModel { gpu, config, weights, params, embed, head, norm, layers, inv_freq, work: Mutex::new(work) })
+        let train = TrainState::default();
+        Ok(CudaModel {
+            gpu,
+            config,
+            weights,
+            params,
+            embed,
+            head,
+            norm,
+            layers,
+            inv_freq,
+            work: Mutex::new(work),
+            train,
+        })
     }
 
     /// Logits `[n, vocab]` (fp32, on the device, in `work.logits`) of the last token of each sampling
-    /// sequence of `batch`; returns n.
-    fn forward(&self, w: &mut Work, pool: &mut CudaKvPool, batch: &StepBatch) -> Result<usize> {
+    /// sequence of `batch`; returns n. With a training or scoring `pass`, the head's rows are its scored
+    /// positions instead, only their normalised hidden states are made (`work.head_in`, no logits: the
+    /// fused LM head takes them from there), and with `pass.record` the tape the backward reads is kept.
+    pub(super) fn forward(
+        &self,
+        w: &mut Work,
+        pool: &mut CudaKvPool,
+        batch: &StepBatch,
+        mut pass: Option<&mut PackedPass>,
+    ) -> Result<usize> {
         let (gpu, c) = (&*self.gpu, &self.config);
         // cuBLASLt uses the calling thread's current context, and the engine may run on any thread.
         gpu.ctx.bind_to_thread()?;
@@ -240,6 +274,10 @@ impl CudaModel {
                 picked.push(tokens.len() as i32 - 1);
             }
         }
+        if let Some(p) = &pass {
+            picked = p.picked.clone();
+        }
+        let record = pass.as_ref().is_some_and(|p| p.record);
         let (t, n) = (tokens.len(), picked.len());
         let meta: Vec<i32> = [tokens, positions, slots, picked].concat();
         let dev_meta = w.meta.get(gpu, meta.len())?;
@@ -278,8 +316,10 @@ impl CudaModel {
                 Rows::First(t),
                 eps,
             )?;
+            let (x_in, h_attn) = (keep(gpu, record, x, t * d)?, keep(gpu, record, h, t * d)?);
             let w_qkv = wt.slice(layer.w_qkv.clone());
             gpu.blas.linear(&mut qkv_buf.slice_mut(..), &h.slice(..), &w_qkv, t, d, qd + 2 * kvd, false)?;
+            let qkv_raw = keep(gpu, record, qkv_buf, t * (qd + 2 * kvd))?;
             let (kp, vp) = (pool.plane_start(l, 0), pool.plane_start(l, 1));
             let (mut k_part, mut v_part) = pool.buf.split_at_mut(vp);
             let (mut k_pool, mut v_pool) = (k_part.slice_mut(kp..), v_part.slice_mut(0..pool.plane));
@@ -300,6 +340,7 @@ impl CudaModel {
                 shape,
             )?;
             attention.run(gpu, &mut att.slice_mut(..), &q.slice(..), &k_pool.slice(..), &v_pool.slice(..))?;
+            let (q_kept, att_kept) = (keep(gpu, record, q, t * qd)?, keep(gpu, record, att, t * qd)?);
             gpu.blas.linear(&mut delta.slice_mut(..), &att.slice(..), &wt.slice(layer.wo.clone()), t, qd, d, false)?;
             let mlp_norm = wt.slice(layer.mlp_norm.clone());
             norm::add_rmsnorm(
@@ -311,6 +352,7 @@ impl CudaModel {
                 Rows::First(t),
                 eps,
             )?;
+            let (x_mid, h_mlp) = (keep(gpu, record, x, t * d)?, keep(gpu, record, h, t * d)?);
             gpu.blas.linear(
                 &mut gu.slice_mut(..),
                 &h.slice(..),
@@ -321,6 +363,19 @@ impl CudaModel {
                 false,
             )?;
             swiglu(gpu, &mut act.slice_mut(..), &gu.slice(..), t, f)?;
+            if let Some(p) = pass.as_mut().filter(|p| p.record) {
+                p.layers.push(LayerTape {
+                    x_in: kept(x_in)?,
+                    h_attn: kept(h_attn)?,
+                    qkv: kept(qkv_raw)?,
+                    q: kept(q_kept)?,
+                    att: kept(att_kept)?,
+                    x_mid: kept(x_mid)?,
+                    h_mlp: kept(h_mlp)?,
+                    gate_up: kept(keep(gpu, true, gu, t * 2 * f)?)?,
+                    act: kept(keep(gpu, true, act, t * f)?)?,
+                });
+            }
             gpu.blas.linear(
                 &mut delta.slice_mut(..),
                 &act.slice(..),
@@ -342,6 +397,10 @@ impl CudaModel {
                 Rows::Picked(&pick_v),
                 eps,
             )?;
+            if let Some(p) = pass {
+                p.x_final = keep(gpu, p.record, x, t * d)?;
+                return Ok(n);
+            }
             let head = wt.slice(self.head.clone());
             gpu.blas.linear(&mut logits.slice_mut(..), &head_in.slice(..), &head, n, d, c.vocab_size, false)?;
         }
@@ -353,13 +412,13 @@ impl CudaModel {
     pub fn forward_paged(&self, kv: &mut dyn KvPool, batch: &StepBatch) -> Result<Vec<f32>> {
         let pool = self.prepare(kv, batch)?;
         let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
-        let n = self.forward(&mut w, pool, batch)?;
+        let n = self.forward(&mut w, pool, batch, None)?;
         let logits = w.logits.0.as_ref().expect("forward allocated the logits");
         self.gpu.download(&logits.slice(0..n * self.config.vocab_size))
     }
 
     /// The step's checks (nothing is written before they pass) and its block copies; the pool as ours.
-    fn prepare<'p>(&self, kv: &'p mut dyn KvPool, batch: &StepBatch) -> Result<&'p mut CudaKvPool> {
+    pub(super) fn prepare<'p>(&self, kv: &'p mut dyn KvPool, batch: &StepBatch) -> Result<&'p mut CudaKvPool> {
         let pool = kv
             .as_any_mut()
             .downcast_mut::<CudaKvPool>()
@@ -374,10 +433,6 @@ impl CudaModel {
             pool.copy_block(&self.gpu, self.config.num_layers, from, to)?;
         }
         Ok(pool)
-    }
-
-    fn no_training(&self) -> anyhow::Error {
-        anyhow!("training on the CUDA backend is not implemented yet (the CUDA training issue); use the cpu backend to train")
     }
 }
 
@@ -402,7 +457,7 @@ impl Model for CudaModel {
         let pool = self.prepare(kv, batch)?;
         let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
         let w = &mut *w;
-        let n = self.forward(w, pool, batch)?;
+        let n = self.forward(w, pool, batch, None)?;
         let specs: Vec<_> = batch.seqs.iter().filter_map(|s| s.sample.map(|sp| (sp.params, sp.index))).collect();
         let masks: Vec<_> = batch.seqs.iter().filter(|s| s.sample.is_some()).map(|s| s.allowed).collect();
         let v = self.config.vocab_size;
@@ -437,39 +492,46 @@ impl Model for CudaModel {
         Ok(batch.seqs.iter().map(|s| s.sample.and_then(|_| picks.next())).collect())
     }
 
-    fn sequence_logprobs(&self, _p: Packed, _temperature: f32) -> Result<Vec<f32>> {
-        Err(self.no_training())
+    fn sequence_logprobs(&self, p: Packed, temperature: f32) -> Result<Vec<f32>> {
+        self.gpu.ctx.bind_to_thread()?;
+        self.score_packed(p, temperature)
     }
     fn sequence_top_logprobs(&self, _p: Packed, _t: f32, _k: usize) -> Result<(Vec<f32>, Vec<Vec<(u32, f32)>>)> {
-        bail!("scoring sequences (prompt log-probs) is not supported on the cuda backend yet; use the cpu backend")
+        bail!("top log-probs of a scored sequence (echo with logprobs) are not supported on the cuda backend yet; use the cpu backend")
     }
+    /// `recompute` is accepted and ignored: the GPU pass keeps every layer's activations.
     fn forward_backward(
         &mut self,
-        _p: Packed,
-        _temperature: f32,
+        p: Packed,
+        temperature: f32,
         _recompute: bool,
-        _loss: &mut crate::model::LossFn,
+        loss: &mut crate::model::LossFn,
     ) -> Result<()> {
-        Err(self.no_training())
+        self.gpu.ctx.bind_to_thread()?;
+        self.train_packed(p, temperature, loss)
     }
-    fn zero_grad(&mut self) {}
-    fn init_optimizer(&mut self, _config: AdamWConfig, _saved: Option<&Path>) -> Result<()> {
-        Err(self.no_training())
+    fn zero_grad(&mut self) {
+        // The interface cannot fail here; an allocation failure surfaces at the next use of the buffer.
+        let _ = self.zero_grads();
     }
-    fn save_optimizer(&self, _path: &Path) -> Result<()> {
-        Err(self.no_training())
+    fn init_optimizer(&mut self, config: AdamWConfig, saved: Option<&Path>) -> Result<()> {
+        self.gpu.ctx.bind_to_thread()?;
+        self.start_optimizer(config, saved)
+    }
+    fn save_optimizer(&self, path: &Path) -> Result<()> {
+        self.save_optimizer_state(path)
     }
     fn optimizer_steps(&self) -> u64 {
-        0
+        self.optimizer_steps_taken()
     }
-    fn optimizer_step(&mut self, _lr: f32, _max_grad_norm: f32) -> Result<f32> {
-        Err(self.no_training())
+    fn optimizer_step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32> {
+        self.gpu.ctx.bind_to_thread()?;
+        self.take_optimizer_step(lr, max_grad_norm)
     }
 
-    /// The bf16 weights, widened to f32 (a checkpoint of a CUDA model holds bf16-exact values).
+    /// The fp32 master weights once training has started, else the bf16 weights widened to f32.
     fn weights(&self) -> Result<Weights> {
-        let host = self.gpu.download(&self.weights.slice(..)).context("reading the weights back from the GPU")?;
-        let flat: Vec<f32> = host.iter().map(|v| v.to_f32()).collect();
+        let flat = self.host_weights().context("reading the weights back from the GPU")?;
         Ok(weights_from(&self.params, &flat))
     }
 }

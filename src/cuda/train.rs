@@ -1,0 +1,452 @@
+//! Training on the GPU: the CUDA side of the model interface's scoring, forward + backward and optimizer,
+//! with the weights rollouts read (`CudaModel::weights`, bf16) updated in place after each step.
+//!
+//! A packed batch runs through the inference forward (`CudaModel::forward`) as one prefill step on a KV pool
+//! sized for it, each sequence from position 0 in its own blocks; recording keeps each layer's
+//! inputs and activations (the tape) and the pool keeps its keys and values. The scored positions' final
+//! hidden states go through the fused LM head (`lm_head`); the loss runs on the host on the downloaded
+//! log-probs (the trainer's closure, as on the CPU); the backward walks the layers in reverse:
+//! ```text
+//! d hidden -> final norm backward -> per layer, last first:
+//!   MLP:        d act = dr Wdown, dWdown += dr^T act; swiglu backward; dh = dgu Wgu, dWgu += dgu^T h;
+//!               RMSNorm backward (dr += ...)
+//!   attention:  d att = dr Wo, dWo += dr^T att; attention backward (dq, dk, dv); q/k/v tail backward;
+//!               dh = dqkv Wqkv, dWqkv += dqkv^T h; RMSNorm backward (dr += ...)
+//! -> embedding scatter-add
+//! ```
+//! (dr: the residual stream's gradient, fp32, with its bf16 copy for the products.) Gradients accumulate in
+//! fp32 in the arena's layout; the optimizer keeps fp32 master weights and moments (`optim`).
+//! CPU twin: `cpu::train` (`forward_train`, `score`, `backward`) and `cpu::backend`'s optimizer; tests:
+//! `tests/cuda_train_model.rs`.
+use super::attention_backward::{attention_backward, PackedShape};
+use super::colsum::colsum;
+use super::lm_head::{chunk_rows, LmHead};
+use super::model::{CudaKvPool, CudaModel};
+use super::norm::{self, EmbedGrad};
+use super::optim::GpuAdamW;
+use super::qkv::{self, QkvExtras, QkvShape, QkvWeightGrads};
+use super::swiglu::swiglu_backward;
+use super::Gpu;
+use crate::model::{check_end, check_tokens, LossFn, Packed, StepBatch, StepSeq};
+use crate::optim::{AdamW, AdamWConfig};
+use anyhow::{anyhow, ensure, Context, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use half::bf16;
+use std::ops::Range;
+use std::path::Path;
+
+/// Positions per block of a training pass's KV pool.
+const BLOCK: usize = 16;
+
+/// One layer's saved forward values, `[t, ..]` each.
+pub(super) struct LayerTape {
+    /// The residual stream entering the attention norm (after the previous layer's MLP output was added).
+    pub x_in: CudaSlice<f32>,
+    pub h_attn: CudaSlice<bf16>,
+    /// The q/k/v projection before bias, norms and RoPE.
+    pub qkv: CudaSlice<f32>,
+    /// q after RoPE (keys and values stay in the pass's KV pool).
+    pub q: CudaSlice<bf16>,
+    pub att: CudaSlice<bf16>,
+    /// The residual stream entering the MLP norm.
+    pub x_mid: CudaSlice<f32>,
+    pub h_mlp: CudaSlice<bf16>,
+    pub gate_up: CudaSlice<bf16>,
+    pub act: CudaSlice<bf16>,
+}
+
+/// What a packed pass asks of `CudaModel::forward` and what it leaves (its module docs).
+pub(super) struct PackedPass {
+    /// Packed rows whose hidden state goes to the head: the scored positions.
+    pub picked: Vec<i32>,
+    pub record: bool,
+    pub layers: Vec<LayerTape>,
+    /// The residual stream after the last layer (valid at the picked rows).
+    pub x_final: Option<CudaSlice<f32>>,
+}
+
+/// A forward over packed sequences, ready to score (and, recorded, to run backward).
+struct Forward {
+    pass: PackedPass,
+    pool: CudaKvPool,
+    /// The normalised final hidden states of the scored positions, `[n, d]`.
+    hidden: CudaSlice<bf16>,
+    targets: CudaSlice<u32>,
+    /// Per packed row: its KV pool slot and its position in its sequence.
+    slots: CudaSlice<i32>,
+    positions: CudaSlice<i32>,
+    tokens: Vec<u32>,
+    seq_lens: Vec<usize>,
+    t: usize,
+    n: usize,
+}
+
+/// The gradient buffer's view of one parameter's range.
+fn range_mut<'a>(grads: &'a mut CudaSlice<f32>, r: &Range<usize>) -> CudaViewMut<'a, f32> {
+    grads.slice_mut(r.clone())
+}
+
+/// Gradients, master weights and optimizer state of a model being trained.
+#[derive(Default)]
+pub(super) struct TrainState {
+    grads: Option<CudaSlice<f32>>,
+    master: Option<CudaSlice<f32>>,
+    opt: Option<GpuAdamW>,
+}
+
+impl CudaModel {
+    /// Runs `p` through the model (recording the tape when `record`) up to the scored positions' hidden
+    /// states; the checks are the CPU's (`forward_train`, `score`).
+    fn forward_packed(&self, p: Packed, record: bool) -> Result<Forward> {
+        let (gpu, c) = (&*self.gpu, &self.config);
+        check_tokens(c, p.tokens)?;
+        let total: usize = p.seq_lens.iter().sum();
+        ensure!(total == p.tokens.len(), "sequence lengths sum to {total}, but {} tokens were given", p.tokens.len());
+        for &len in p.seq_lens {
+            check_end(c, len)?;
+        }
+        ensure!(!p.positions.is_empty(), "no positions to score");
+        let targets = crate::cpu::train::targets(p.tokens, p.seq_lens, p.positions)?;
+        let blocks: Vec<usize> = p.seq_lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
+        let mut pool = CudaKvPool::new(gpu, c, blocks.iter().sum::<usize>().max(1), BLOCK)?;
+        let (mut tables, mut next) = (Vec::new(), 0u32);
+        for &b in &blocks {
+            tables.push((next..next + b as u32).collect::<Vec<u32>>());
+            next += b as u32;
+        }
+        let (mut seqs, mut slots, mut positions, mut off) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for (&len, table) in p.seq_lens.iter().zip(&tables) {
+            if len > 0 {
+                let tokens = &p.tokens[off..off + len];
+                seqs.push(StepSeq { tokens, pos: 0, block_table: table, sample: None, allowed: None });
+            }
+            for i in 0..len {
+                slots.push((table[i / BLOCK] as usize * BLOCK + i % BLOCK) as i32);
+                positions.push(i as i32);
+            }
+            off += len;
+        }
+        let batch = StepBatch { copies: Vec::new(), seqs };
+        let picked = p.positions.iter().map(|&x| x as i32).collect();
+        let mut pass = PackedPass { picked, record, layers: Vec::new(), x_final: None };
+        let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
+        let pool_ref = self.prepare(&mut pool, &batch)?;
+        let n = self.forward(&mut w, pool_ref, &batch, Some(&mut pass))?;
+        let head_in = w.head_in.0.as_ref().context("the forward made the head's input")?;
+        let hidden = gpu.stream.clone_dtod(&head_in.slice(..n * c.hidden_size))?;
+        Ok(Forward {
+            pass,
+            pool,
+            hidden,
+            targets: gpu.upload(&targets)?,
+            slots: gpu.upload(&slots)?,
+            positions: gpu.upload(&positions)?,
+            tokens: p.tokens.to_vec(),
+            seq_lens: p.seq_lens.to_vec(),
+            t: total,
+            n,
+        })
+    }
+
+    fn head<'a>(&'a self, f: &'a Forward, temperature: f32) -> LmHead<'a> {
+        let (d, v) = (self.config.hidden_size, self.config.vocab_size);
+        LmHead {
+            h: f.hidden.slice(..),
+            w: self.weights.slice(self.head.clone()),
+            targets: f.targets.slice(..),
+            t: f.n,
+            d,
+            v,
+            temperature,
+            chunk: chunk_rows(f.n, v),
+        }
+    }
+
+    /// log π(next token) at `p.positions`, forward only.
+    pub(super) fn score_packed(&self, p: Packed, temperature: f32) -> Result<Vec<f32>> {
+        let f = self.forward_packed(p, false)?;
+        let out = self.head(&f, temperature).logprobs(&self.gpu, false)?;
+        self.gpu.download(&out.logp.slice(..))
+    }
+
+    /// Scores `p`, asks `loss` for d loss / d logp, and adds the gradient into the gradient buffer.
+    pub(super) fn train_packed(&mut self, p: Packed, temperature: f32, loss: &mut LossFn) -> Result<()> {
+        let f = self.forward_packed(p, true)?;
+        let head = self.head(&f, temperature);
+        let out = head.logprobs(&self.gpu, false)?;
+        let logp = self.gpu.download(&out.logp.slice(..))?;
+        let dlogp = loss(&logp)?;
+        ensure!(dlogp.len() == logp.len(), "the loss gave {} gradients for {} log-probs", dlogp.len(), logp.len());
+        let dlogp = self.gpu.upload(&dlogp)?;
+        let mut grads = match self.train.grads.take() {
+            Some(g) => g,
+            None => self.gpu.zeros::<f32>(self.weights.len())?,
+        };
+        let result = self.backward(&f, &out.lse.slice(..), &dlogp.slice(..), temperature, &mut grads);
+        self.train.grads = Some(grads);
+        result
+    }
+
+    /// The backward pass of a recorded forward (module docs), into `grads`.
+    fn backward(
+        &self,
+        f: &Forward,
+        lse: &CudaView<f32>,
+        dlogp: &CudaView<f32>,
+        temperature: f32,
+        grads: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (gpu, c) = (&*self.gpu, &self.config);
+        let (t, n, d, f_dim) = (f.t, f.n, c.hidden_size, c.intermediate_size);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let width = qd + 2 * kvd;
+        let eps = c.rms_norm_eps;
+        let wt = &self.weights;
+
+        // The head: d hidden of the scored rows, d W_head; then scattered to their packed rows (positions
+        // are distinct, so the embedding's scatter-add is a plain scatter here).
+        let mut dh = gpu.zeros::<f32>(n * d)?;
+        self.head(f, temperature).backward(
+            gpu,
+            lse,
+            dlogp,
+            &mut dh.slice_mut(..),
+            &mut range_mut(grads, &self.head),
+        )?;
+        let mut dy = gpu.zeros::<f32>(t * d)?;
+        let picked: Vec<u32> = f.pass.picked.iter().map(|&r| r as u32).collect();
+        norm::embed_backward(gpu, &mut dy.slice_mut(..), &dh.slice(..), &EmbedGrad::new(&picked), d)?;
+        drop(dh);
+
+        let mut dr = gpu.zeros::<f32>(t * d)?;
+        let mut dr16 = gpu.zeros::<bf16>(t * d)?;
+        let x_final = f.pass.x_final.as_ref().context("the forward recorded the final residual")?;
+        let final_norm = wt.slice(self.norm.clone());
+        let mut dw = range_mut(grads, &self.norm);
+        let (dy_v, xf) = (dy.slice(..), x_final.slice(..));
+        norm::rmsnorm_backward(
+            gpu,
+            &mut dr.slice_mut(..),
+            &mut dr16.slice_mut(..),
+            &mut dw,
+            &dy_v,
+            &xf,
+            &final_norm,
+            t,
+            eps,
+        )?;
+
+        let (mut d_act, mut d_gu) = (gpu.zeros::<f32>(t * f_dim)?, gpu.zeros::<bf16>(t * 2 * f_dim)?);
+        let (mut d_att, mut dq) = (gpu.zeros::<f32>(t * qd)?, gpu.zeros::<f32>(t * qd)?);
+        let (mut dk, mut dv) = (gpu.zeros::<f32>(t * kvd)?, gpu.zeros::<f32>(t * kvd)?);
+        let mut d_qkv = gpu.zeros::<bf16>(t * width)?;
+        let shape = QkvShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, eps };
+        let packed = PackedShape { seq_lens: &f.seq_lens, n_heads: c.num_heads, n_kv: c.num_kv_heads, hd: c.head_dim };
+
+        for (l, (layer, tape)) in self.layers.iter().zip(&f.pass.layers).enumerate().rev() {
+            // MLP: dr holds d(its output).
+            let w_down = wt.slice(layer.w_down.clone());
+            gpu.blas.linear_dx(&mut d_act.slice_mut(..), &dr16.slice(..), &w_down, t, f_dim, d, false)?;
+            gpu.blas.linear_dw(
+                &mut range_mut(grads, &layer.w_down),
+                &dr16.slice(..),
+                &tape.act.slice(..),
+                t,
+                f_dim,
+                d,
+                true,
+            )?;
+            swiglu_backward(gpu, &mut d_gu.slice_mut(..), &d_act.slice(..), &tape.gate_up.slice(..), t, f_dim)?;
+            let w_gu = wt.slice(layer.w_gate_up.clone());
+            gpu.blas.linear_dx(&mut dy.slice_mut(..), &d_gu.slice(..), &w_gu, t, d, 2 * f_dim, false)?;
+            gpu.blas.linear_dw(
+                &mut range_mut(grads, &layer.w_gate_up),
+                &d_gu.slice(..),
+                &tape.h_mlp.slice(..),
+                t,
+                d,
+                2 * f_dim,
+                true,
+            )?;
+            let mlp_norm = wt.slice(layer.mlp_norm.clone());
+            let (dy_v, xm) = (dy.slice(..), tape.x_mid.slice(..));
+            let mut dw = range_mut(grads, &layer.mlp_norm);
+            norm::rmsnorm_backward(
+                gpu,
+                &mut dr.slice_mut(..),
+                &mut dr16.slice_mut(..),
+                &mut dw,
+                &dy_v,
+                &xm,
+                &mlp_norm,
+                t,
+                eps,
+            )?;
+
+            // Attention: dr holds d(its output).
+            let wo = wt.slice(layer.wo.clone());
+            gpu.blas.linear_dx(&mut d_att.slice_mut(..), &dr16.slice(..), &wo, t, qd, d, false)?;
+            gpu.blas.linear_dw(
+                &mut range_mut(grads, &layer.wo),
+                &dr16.slice(..),
+                &tape.att.slice(..),
+                t,
+                qd,
+                d,
+                true,
+            )?;
+            let (kp, vp) = (f.pool.plane_start(l, 0), f.pool.plane_start(l, 1));
+            let (k_pool, v_pool) = (f.pool.buf.slice(kp..kp + f.pool.plane), f.pool.buf.slice(vp..vp + f.pool.plane));
+            attention_backward(
+                gpu,
+                &mut dq.slice_mut(..),
+                &mut dk.slice_mut(..),
+                &mut dv.slice_mut(..),
+                &d_att.slice(..),
+                &tape.q.slice(..),
+                &k_pool,
+                &v_pool,
+                Some(&f.slots.slice(..)),
+                &packed,
+            )?;
+            // The tail's weight gradients go to scratch first (three arena ranges cannot be borrowed at once),
+            // then are added in: a column sum over one row is an addition.
+            let bias = layer.b_qkv.clone().map(|r| wt.slice(r));
+            let norms = layer.qk_norm.clone().map(|[a, b]| (wt.slice(a), wt.slice(b)));
+            let extras = QkvExtras { bias: bias.as_ref(), norms: norms.as_ref().map(|(a, b)| (a, b)) };
+            let mut db = if bias.is_some() { Some(gpu.zeros::<f32>(width)?) } else { None };
+            let (mut dqn, mut dkn) = (gpu.zeros::<f32>(c.head_dim)?, gpu.zeros::<f32>(c.head_dim)?);
+            let (mut dqn_v, mut dkn_v) = (dqn.slice_mut(..), dkn.slice_mut(..));
+            let mut db_v = db.as_mut().map(|b| b.slice_mut(..));
+            let wgrads =
+                QkvWeightGrads { bias: db_v.as_mut(), norms: norms.is_some().then_some((&mut dqn_v, &mut dkn_v)) };
+            qkv::qkv_backward(
+                gpu,
+                &mut d_qkv.slice_mut(..),
+                wgrads,
+                &dq.slice(..),
+                &dk.slice(..),
+                &dv.slice(..),
+                &tape.qkv.slice(..),
+                extras,
+                &self.inv_freq.slice(..),
+                &f.positions.slice(..),
+                shape,
+            )?;
+            if let (Some(r), Some(db)) = (&layer.b_qkv, &db) {
+                colsum(gpu, &mut range_mut(grads, r), &db.slice(..), None, None, 1)?;
+            }
+            if let Some([rq, rk]) = &layer.qk_norm {
+                colsum(gpu, &mut range_mut(grads, rq), &dqn.slice(..), None, None, 1)?;
+                colsum(gpu, &mut range_mut(grads, rk), &dkn.slice(..), None, None, 1)?;
+            }
+            let w_qkv = wt.slice(layer.w_qkv.clone());
+            gpu.blas.linear_dx(&mut dy.slice_mut(..), &d_qkv.slice(..), &w_qkv, t, d, width, false)?;
+            gpu.blas.linear_dw(
+                &mut range_mut(grads, &layer.w_qkv),
+                &d_qkv.slice(..),
+                &tape.h_attn.slice(..),
+                t,
+                d,
+                width,
+                true,
+            )?;
+            let attn_norm = wt.slice(layer.attn_norm.clone());
+            let (dy_v, xi) = (dy.slice(..), tape.x_in.slice(..));
+            let mut dw = range_mut(grads, &layer.attn_norm);
+            norm::rmsnorm_backward(
+                gpu,
+                &mut dr.slice_mut(..),
+                &mut dr16.slice_mut(..),
+                &mut dw,
+                &dy_v,
+                &xi,
+                &attn_norm,
+                t,
+                eps,
+            )?;
+        }
+        // dr now holds d(embedding rows).
+        norm::embed_backward(gpu, &mut range_mut(grads, &self.embed), &dr.slice(..), &EmbedGrad::new(&f.tokens), d)
+    }
+}
+
+/// The optimizer half: fp32 master weights (from the bf16 weights, which rollouts have been reading) and
+/// `GpuAdamW`, saved in the CPU optimizer's file format.
+impl CudaModel {
+    pub(super) fn zero_grads(&mut self) -> Result<()> {
+        match self.train.grads.as_mut() {
+            Some(g) => self.gpu.stream.memset_zeros(g)?,
+            None => self.train.grads = Some(self.gpu.zeros::<f32>(self.weights.len())?),
+        }
+        Ok(())
+    }
+
+    pub(super) fn start_optimizer(&mut self, config: AdamWConfig, saved: Option<&Path>) -> Result<()> {
+        let gpu = &*self.gpu;
+        let names: Vec<(String, usize)> = self.params.iter().map(|p| (p.name.clone(), p.range.len())).collect();
+        let opt = match saved {
+            None => GpuAdamW::new(gpu, &names, config)?,
+            Some(path) => {
+                let state = AdamW::load(path).with_context(|| format!("loading optimizer state {}", path.display()))?;
+                ensure!(
+                    state.names().iter().map(String::as_str).eq(names.iter().map(|(n, _)| n.as_str())),
+                    "optimizer state does not match the model's parameters"
+                );
+                GpuAdamW::from_cpu(gpu, &state)?
+            }
+        };
+        if self.train.master.is_none() {
+            let host: Vec<f32> = gpu.download(&self.weights.slice(..))?.iter().map(|v| v.to_f32()).collect();
+            self.train.master = Some(gpu.upload(&host)?);
+        }
+        self.train.opt = Some(opt);
+        Ok(())
+    }
+
+    pub(super) fn save_optimizer_state(&self, path: &Path) -> Result<()> {
+        let opt = self.train.opt.as_ref().context("no optimizer state to save: init_optimizer was never called")?;
+        opt.save(&self.gpu, path)
+    }
+
+    pub(super) fn optimizer_steps_taken(&self) -> u64 {
+        self.train.opt.as_ref().map_or(0, GpuAdamW::step_count)
+    }
+
+    /// Clip, check the norm, step, and write the bf16 weights (the CPU backend's order and errors).
+    pub(super) fn take_optimizer_step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32> {
+        let gpu = self.gpu.clone();
+        if self.train.grads.is_none() {
+            self.zero_grads()?;
+        }
+        let TrainState { grads, master, opt } = &mut self.train;
+        let (opt, master) = (opt.as_mut(), master.as_mut());
+        let (Some(opt), Some(master), Some(grads)) = (opt, master, grads.as_ref()) else {
+            return Err(anyhow!("optimizer_step before init_optimizer"));
+        };
+        opt.clip_grad_norm(&gpu, &grads.slice(..), max_grad_norm)?;
+        let norm = opt.last_norm(&gpu)?;
+        ensure!(norm.is_finite(), "gradient norm is {norm}: the update was skipped and training stopped");
+        opt.step(&gpu, &mut master.slice_mut(..), &grads.slice(..), &mut self.weights.slice_mut(..), lr)?;
+        Ok(norm)
+    }
+
+    /// A host copy of the gradient buffer (the arena's layout; zeros before any backward): for tests
+    /// against the CPU's `backward`.
+    pub fn gradients(&self) -> Result<Vec<f32>> {
+        match &self.train.grads {
+            Some(g) => self.gpu.download(&g.slice(..)),
+            None => Ok(vec![0.0; self.weights.len()]),
+        }
+    }
+
+    /// The weights a checkpoint writes: the fp32 master copy once training has started, else the bf16
+    /// weights widened.
+    pub(super) fn host_weights(&self) -> Result<Vec<f32>> {
+        let gpu: &Gpu = &self.gpu;
+        Ok(match &self.train.master {
+            Some(m) => gpu.download(&m.slice(..))?,
+            None => gpu.download(&self.weights.slice(..))?.iter().map(|v| v.to_f32()).collect(),
+        })
+    }
+}

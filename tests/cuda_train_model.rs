@@ -1,0 +1,133 @@
+//! SmolLM2-135M training on the CUDA backend against the CPU backend: scored log-probs and every
+//! parameter's gradient, ten optimizer steps, and two GPU runs that must agree bit for bit. Skips (saying
+//! so) without a device.
+//!
+//! The CPU model here holds the same bf16-rounded weights as the GPU, so only the arithmetic differs: the
+//! GPU rounds every product's input (activations, gradients of activations) to bf16 and sums in another
+//! order. The bounds were set before the first GPU run, from bf16's relative rounding of 2^-9 compounding
+//! over 30 layers: a few percent of a gradient tensor's norm, a few hundredths of a log-prob.
+mod common;
+use common::gpu::gpu_or_skip;
+use mappa::cpu::{CpuBackend, CpuModel};
+use mappa::cuda::model::CudaModel;
+use mappa::model::{Model, Packed};
+use mappa::optim::AdamWConfig;
+
+/// Largest |gpu - cpu| of a scored log-prob, and the mean.
+const LOGP_MAX_ABS: f32 = 0.3;
+const LOGP_MEAN_ABS: f32 = 0.03;
+/// Each parameter's gradient: ||gpu - cpu|| / ||cpu||.
+const GRAD_REL_L2: f64 = 0.05;
+/// The loss over ten steps: |gpu - cpu| / |cpu| at every step.
+const LOSS_REL: f64 = 0.02;
+
+struct Batch {
+    tokens: Vec<u32>,
+    seq_lens: Vec<usize>,
+    positions: Vec<usize>,
+    coef: Vec<f32>,
+}
+
+impl Batch {
+    /// Three chat prompts of ragged lengths, every position with a next token scored, random coefficients.
+    fn new() -> Batch {
+        let (_, tok) = common::smollm2();
+        let (mut tokens, mut seq_lens, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, reps) in [(0usize, 0usize), (1, 9), (2, 3)] {
+            let facts = "Apples are red. Bananas are yellow. The sky is blue. ".repeat(reps);
+            let msg = mappa::tokenizer::ChatMessage::new("user", &format!("{facts}Question {i}: name a colour."));
+            let seq = tok.encode_chat(&[msg]).unwrap();
+            positions.extend(tokens.len()..tokens.len() + seq.len() - 1);
+            seq_lens.push(seq.len());
+            tokens.extend(seq);
+        }
+        let coef = common::gpu::random_bf16(positions.len(), -1.0, 1.0, 7);
+        Batch { tokens, seq_lens, positions, coef }
+    }
+
+    fn packed(&self) -> Packed<'_> {
+        Packed { tokens: &self.tokens, seq_lens: &self.seq_lens, positions: &self.positions }
+    }
+}
+
+fn models(test: &str) -> Option<(CudaModel, CpuModel)> {
+    gpu_or_skip(test)?;
+    let loaded = mappa::loader::load(&common::smollm2_gguf()).unwrap();
+    let gpu = CudaModel::new(&loaded).unwrap();
+    let mut cpu = CpuModel::new(&loaded).unwrap();
+    cpu.flat_mut().iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+    Some((gpu, cpu))
+}
+
+#[test]
+fn smollm2_scores_and_gradients_match_cpu() {
+    let Some((mut gpu, cpu)) = models("smollm2_scores_and_gradients_match_cpu") else { return };
+    let b = Batch::new();
+    let want = cpu.sequence_logprobs(&b.tokens, &b.seq_lens, &b.positions, 1.0).unwrap();
+    let got = gpu.sequence_logprobs(b.packed(), 1.0).unwrap();
+    let diffs: Vec<f32> = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).collect();
+    let (max, mean) = (diffs.iter().fold(0f32, |m, &x| m.max(x)), diffs.iter().sum::<f32>() / diffs.len() as f32);
+    println!("log-probs over {} positions: max |gpu - cpu| {max:.4}, mean {mean:.5}", diffs.len());
+    assert!(max <= LOGP_MAX_ABS && mean <= LOGP_MEAN_ABS, "log-probs: max {max}, mean {mean}");
+
+    let tape = cpu.forward_train(&b.tokens, &b.seq_lens, false).unwrap();
+    let scores = cpu.score(&tape, &b.positions, 1.0).unwrap();
+    let mut want_g = vec![0f32; cpu.param_len()];
+    cpu.backward(tape, &scores, &b.coef, &mut want_g).unwrap();
+    gpu.zero_grad();
+    let coef = b.coef.clone();
+    gpu.forward_backward(b.packed(), 1.0, false, &mut |_: &[f32]| Ok(coef.clone())).unwrap();
+    let got_g = gpu.gradients().unwrap();
+    let mut worst = (0f64, String::new());
+    for p in cpu.params() {
+        let (g, w) = (&got_g[p.range.clone()], &want_g[p.range.clone()]);
+        let err: f64 = g.iter().zip(w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+        let rel = err / norm.max(1e-30);
+        if rel > worst.0 {
+            worst = (rel, p.name.clone());
+        }
+        assert!(rel <= GRAD_REL_L2, "{}: gradient relative error {rel:.4} (norm {norm:.3e})", p.name);
+    }
+    println!("gradients: worst relative L2 error {:.4} ({})", worst.0, worst.1);
+}
+
+/// Ten AdamW steps on one batch through the model interface (the trainer's path): the losses follow the
+/// CPU's, and a second GPU run repeats the first bit for bit, losses and weights.
+#[test]
+fn smollm2_ten_steps_follow_cpu_and_repeat_bitwise() {
+    let Some((gpu_a, cpu)) = models("smollm2_ten_steps_follow_cpu_and_repeat_bitwise") else { return };
+    let b = Batch::new();
+    let run = |model: &mut dyn Model| -> Vec<f64> {
+        model.init_optimizer(AdamWConfig::default(), None).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..10 {
+            model.zero_grad();
+            let mut loss = 0f64;
+            let coef = b.coef.clone();
+            let mut loss_fn = |logp: &[f32]| {
+                loss = logp.iter().zip(&coef).map(|(&l, &c)| l as f64 * c as f64).sum();
+                Ok(coef.clone())
+            };
+            model.forward_backward(b.packed(), 1.0, false, &mut loss_fn).unwrap();
+            losses.push(loss);
+            model.optimizer_step(1e-5, 1.0).unwrap();
+        }
+        assert_eq!(model.optimizer_steps(), 10);
+        losses
+    };
+    let mut gpu_a: Box<dyn Model> = Box::new(gpu_a);
+    let got = run(gpu_a.as_mut());
+    let want = run(&mut CpuBackend::from_model(cpu));
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= LOSS_REL * w.abs(), "step {step}: gpu loss {g}, cpu {w}");
+    }
+    println!("losses, gpu: {got:?}\nlosses, cpu: {want:?}");
+    let loaded = mappa::loader::load(&common::smollm2_gguf()).unwrap();
+    let mut gpu_b: Box<dyn Model> = Box::new(CudaModel::new(&loaded).unwrap());
+    assert_eq!(run(gpu_b.as_mut()), got, "a second GPU run gives the same losses, bit for bit");
+    let (wa, wb) = (gpu_a.weights().unwrap(), gpu_b.weights().unwrap());
+    for (name, t) in &wa.tensors {
+        assert!(t.bytes() == wb.get(name).unwrap().bytes(), "{name}: a second GPU run gives the same weights");
+    }
+}
