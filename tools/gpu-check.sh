@@ -6,10 +6,11 @@
 #                                              # halves -> .gpu-model/1 and .gpu-model/2 (all git-ignored)
 #   device: bash tools/gpu-check.sh stage 1    # carry .gpu-model/1: keeps it on the warm machine
 #           bash tools/gpu-check.sh stage 2    # carry .gpu-model/2 (the machine must still be warm)
-#           bash tools/gpu-check.sh run        # carry .gpu-bin: tests, memcheck, benches, peer, table
+#           bash tools/gpu-check.sh run        # carry .gpu-bin: tests, benches and their peers, memcheck, table
 #
 # The carry limit is 64 MiB a call, so the 98 MB model travels in two calls before the run; `run` refuses
-# to start without it. Benchmark lines land in $OUT/generate.jsonl, joined with the transformers peer.
+# to start without it. Benchmark lines land in $OUT/generate.jsonl (joined with the transformers peer) and
+# $OUT/train.jsonl (the fused loss joined with PyTorch eager and Liger-Kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.gpu-bin
@@ -26,13 +27,17 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])' \
     | while read -r name exe; do cp "$exe" "$BIN/$name"; done
-  REQUIRE_CUDA_KERNELS=1 cargo bench --no-run --message-format=json --bench cuda_generate \
-    | python3 -c 'import json, sys
+  for bench in cuda_generate cuda_train; do
+    REQUIRE_CUDA_KERNELS=1 cargo bench --no-run --message-format=json --bench "$bench" \
+      | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["executable"])' \
-    | while read -r exe; do cp "$exe" "$BIN/cuda_generate"; done
+      | while read -r exe; do cp "$exe" "$BIN/$bench"; done
+  done
+  # The fused loss's Triton peer, installed on the device from this wheel.
+  pip download --quiet --no-deps -d "$BIN" liger-kernel==0.6.4
   REQUIRE_CUDA_KERNELS=1 cargo build --release --bin mappa && cp target/release/mappa "$BIN/mappa"
   strip "$BIN"/*
   git rev-parse --short HEAD > "$BIN/commit"
@@ -70,8 +75,14 @@ run)
     && python3 tools/peer_generate.py "$STAGE/hf" "$logs/prompts.json" > "$logs/peer.jsonl" 2> "$logs/peer.log" \
     && status=ok || status=FAILED
   rows+=("$(printf '%-22s %-7s' transformers_peer "$status")")
+  # Training: ours (fused loss, full steps), then PyTorch eager and Liger-Kernel on the fused loss's shapes.
+  "$BIN/cuda_train" > "$logs/train_ours.jsonl" 2> "$logs/cuda_train.log" && status=ok || status=FAILED
+  rows+=("$(printf '%-22s %-7s' cuda_train "$status")")
+  pip install --quiet --no-deps "$BIN"/liger_kernel-*.whl > "$logs/liger_install.log" 2>&1 || true
+  python3 tools/peer_fused_loss.py > "$logs/train_peer.jsonl" 2> "$logs/peer_fused_loss.log" && status=ok || status=FAILED
+  rows+=("$(printf '%-22s %-7s' fused_loss_peers "$status")")
   # Last (slowest; a time limit cuts only this): the kernel tests under compute-sanitizer's memcheck.
-  for name in cuda_kernels cuda_attention cuda_sample; do
+  for name in cuda_kernels cuda_attention cuda_sample cuda_train; do
     if compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.memcheck.log" 2>&1; then
       status=ok; else status=FAILED; fi
     rows+=("$(printf '%-22s %-7s %s' "$name:memcheck" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.memcheck.log" | tail -1)")")
@@ -88,6 +99,16 @@ with open(d / "generate.jsonl", "w") as out:
         out.write(json.dumps(m) + "\n")
         print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()
                         if k not in ("device", "commit", "date")))
+# train.jsonl: our measurements, the fused loss once per peer (its time and memory beside ours).
+peers = [p for p in read("train_peer.jsonl") if "peer_ms" in p]
+with open(d / "train.jsonl", "w") as out:
+    for m in read("train_ours.jsonl"):
+        rows = [dict(m, peer=p["peer"], peer_ms=p["peer_ms"], peer_peak_mib=p["peer_peak_mib"]) for p in peers] \
+            if m.get("bench") == "fused_loss" else [m]
+        for r in rows or [m]:
+            out.write(json.dumps(r) + "\n")
+            print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                            if k not in ("device", "commit", "date")))
 PY
   printf '\n%s\n' "---- gpu-check summary ----"; printf '%s\n' "${rows[@]}"
   ! printf '%s\n' "${rows[@]}" | grep -q FAILED

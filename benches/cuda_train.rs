@@ -1,0 +1,152 @@
+//! Training on the GPU (device only; elsewhere it prints `SKIPPED cuda_train: <why>` and exits 0):
+//! - fused_loss: the fused LM head at T = 16,384 positions, d = 896, V = 151,936 (Qwen2.5-0.5B's head),
+//!   log-probs forward and d(hidden), d(W) backward for a policy-gradient loss; time (CUDA events) and the
+//!   bytes the call allocates beyond its inputs (its buffers, counted), for `tools/peer_fused_loss.py`'s
+//!   PyTorch eager and Liger-Kernel runs on the same shapes;
+//! - train_step: a full step through the model interface (forward with tape, loss on the host, backward,
+//!   clipped AdamW) on SmolLM2-135M and on the Qwen2.5-0.5B shape with random weights, 4 sequences of
+//!   1,024 tokens; tokens/s and MFU against the bf16 GEMM ceiling measured here, with the model FLOPs per
+//!   token taken as 6 N (N = parameters in the products, the head included) + 6 L s q_dim (causal attention,
+//!   s the sequence length).
+//! Medians of REPS runs (default 5) after a warm-up; one JSON object per measurement.
+//!
+//!   cargo bench --bench cuda_train
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+use half::bf16;
+use mappa::config::{Arch, ModelConfig};
+use mappa::cuda::lm_head::{chunk_rows, LmHead};
+use mappa::cuda::model::CudaModel;
+use mappa::cuda::Gpu;
+use mappa::loader::LoadedModel;
+use mappa::model::{Model, Packed};
+use mappa::optim::AdamWConfig;
+use mappa::tensor::{Tensor, Weights};
+use serde_json::json;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Milliseconds of `f` on the stream, between two events.
+fn timed(gpu: &Gpu, f: &mut dyn FnMut()) -> f64 {
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let (a, b) = (gpu.ctx.new_event(flags).unwrap(), gpu.ctx.new_event(flags).unwrap());
+    a.record(&gpu.stream).unwrap();
+    f();
+    b.record(&gpu.stream).unwrap();
+    b.synchronize().unwrap();
+    a.elapsed_ms(&b).unwrap() as f64
+}
+
+/// Qwen2.5-0.5B's shape: 24 layers, hidden 896, 14 query / 2 kv heads of 64, FFN 4,864, vocab 151,936.
+fn qwen_05b() -> ModelConfig {
+    let mut c = common::tiny_config(Arch::Qwen2);
+    (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers) = (151_936, 896, 4864, 24);
+    (c.num_heads, c.num_kv_heads, c.head_dim, c.max_position_embeddings) = (14, 2, 64, 32_768);
+    (c.tie_word_embeddings, c.rope_theta) = (true, 1e6);
+    c
+}
+
+/// Random weights at the scale of a trained model's (matrices about 0.02, norms about 1).
+fn random_model(cfg: ModelConfig, tokenizer: mappa::tokenizer::TokenizerSpec) -> LoadedModel {
+    let raw = common::random_weights(&cfg, 1);
+    let mut weights = Weights::default();
+    for (name, t) in raw.tensors {
+        let scale = if t.shape.len() == 2 { 0.07 } else { 1.0 };
+        let v = t.to_f32().into_iter().map(|x| x * scale).collect();
+        weights.tensors.insert(name, Tensor::from_f32(t.shape.clone(), v));
+    }
+    LoadedModel { config: cfg, weights, tokenizer, path: "random".into() }
+}
+
+fn main() {
+    let gpu = match Gpu::shared() {
+        Ok(g) => g,
+        Err(why) => return println!("SKIPPED cuda_train: {why:#}"),
+    };
+    let reps: usize = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let device = gpu.ctx.name().unwrap_or_default();
+    let commit = std::env::var("MAPPA_COMMIT").unwrap_or_default();
+    let date = std::env::var("MAPPA_DATE").unwrap_or_default();
+    let emit = |mut v: serde_json::Value| {
+        v["device"] = json!(device);
+        v["commit"] = json!(commit);
+        v["date"] = json!(date);
+        println!("{v}");
+    };
+
+    // The GEMM ceiling, for MFU.
+    let s = 8192;
+    let a: Vec<bf16> = (0..s * s).map(|i| bf16::from_f32(((i % 17) as f32 - 8.0) / 64.0)).collect();
+    let (x, w) = (gpu.upload(&a).unwrap(), gpu.upload(&a).unwrap());
+    let mut y = gpu.zeros::<bf16>(s * s).unwrap();
+    let mut gemm = || gpu.blas.linear(&mut y.slice_mut(..), &x.slice(..), &w.slice(..), s, s, s, false).unwrap();
+    timed(&gpu, &mut gemm);
+    let ms = median((0..reps).map(|_| timed(&gpu, &mut gemm)).collect());
+    let peak_tflops = 2.0 * (s * s * s) as f64 / (ms * 1e-3) / 1e12;
+    emit(json!({"bench": "gemm_bf16", "m": s, "n": s, "k": s, "ms": ms, "tflops": peak_tflops}));
+    drop((x, w, y, a));
+
+    // The fused loss.
+    let (t, d, v) = (16_384usize, 896usize, 151_936usize);
+    let h = gpu.upload(&common::gpu::to_bf16(&common::gpu::random_bf16(t * d, -2.0, 2.0, 1))).unwrap();
+    let wh = gpu.upload(&common::gpu::to_bf16(&common::gpu::random_bf16(v * d, -0.05, 0.05, 2))).unwrap();
+    let targets = gpu.upload(&(0..t).map(|i| ((i * 7919) % v) as u32).collect::<Vec<_>>()).unwrap();
+    let dlogp = gpu.upload(&common::gpu::random_bf16(t, -1.0, 1.0, 3)).unwrap();
+    let chunk = chunk_rows(t, v);
+    let head = LmHead { h: h.slice(..), w: wh.slice(..), targets: targets.slice(..), t, d, v, temperature: 1.0, chunk };
+    let mut dh = gpu.zeros::<f32>(t * d).unwrap();
+    let mut dw = gpu.zeros::<f32>(v * d).unwrap();
+    let mut step = || {
+        let out = head.logprobs(&gpu, false).unwrap();
+        head.backward(&gpu, &out.lse.slice(..), &dlogp.slice(..), &mut dh.slice_mut(..), &mut dw.slice_mut(..))
+            .unwrap();
+    };
+    timed(&gpu, &mut step);
+    let ms = median((0..reps).map(|_| timed(&gpu, &mut step)).collect());
+    // Beyond the inputs: the scratch logits (fp32) and their gradient (bf16), the per-position state and
+    // results, d(hidden) and d(W) in fp32.
+    let bytes = t * chunk * 6 + t * (32 + 12) + t * d * 4 + v * d * 4;
+    emit(json!({"bench": "fused_loss", "t": t, "d": d, "v": v, "chunk": chunk, "ms": ms,
+                "peak_mib": bytes as f64 / (1 << 20) as f64}));
+    drop((h, wh, targets, dlogp, dh, dw));
+
+    // Full training steps.
+    let path = mappa::loader::setup_home().expect("HOME or MAPPA_HOME").join(mappa::loader::SMOLLM2_GGUF);
+    let smollm2 = mappa::loader::load(&path).expect("SmolLM2 missing: run tools/setup.sh");
+    let qwen = random_model(qwen_05b(), smollm2.tokenizer.clone());
+    let (seqs, len) = (4usize, 1024usize);
+    for (name, loaded) in [("SmolLM2-135M-Instruct", &smollm2), ("Qwen2.5-0.5B shape, random weights", &qwen)] {
+        let c = loaded.config.clone();
+        let mut model = CudaModel::new(loaded).expect("the model on the GPU");
+        model.init_optimizer(AdamWConfig::default(), None).unwrap();
+        let tokens: Vec<u32> = (0..seqs * len).map(|i| ((i * 7919 + 13) % c.vocab_size) as u32).collect();
+        let seq_lens = vec![len; seqs];
+        let positions: Vec<usize> = (0..seqs).flat_map(|s| s * len..(s + 1) * len - 1).collect();
+        let coef: Vec<f32> = positions.iter().map(|&p| if p % 3 == 0 { 1e-3 } else { -1e-3 }).collect();
+        let packed = Packed { tokens: &tokens, seq_lens: &seq_lens, positions: &positions };
+        let mut run = || {
+            let start = Instant::now();
+            model.zero_grad();
+            model.forward_backward(packed, 1.0, false, &mut |_: &[f32]| Ok(coef.clone())).unwrap();
+            model.optimizer_step(1e-6, 1.0).unwrap(); // waits for the step (it reads the norm back)
+            start.elapsed().as_secs_f64()
+        };
+        run();
+        let secs = median((0..reps).map(|_| run()).collect());
+        let n_params = c.num_layers
+            * ((c.q_dim() + 2 * c.kv_dim()) * c.hidden_size
+                + c.q_dim() * c.hidden_size
+                + 3 * c.intermediate_size * c.hidden_size)
+            + c.vocab_size * c.hidden_size;
+        let flops_per_token = 6.0 * n_params as f64 + 6.0 * (c.num_layers * len * c.q_dim()) as f64;
+        let tps = (seqs * len) as f64 / secs;
+        emit(json!({"bench": "train_step", "model": name, "sequences": seqs, "seq_len": len, "ms": secs * 1e3,
+                    "tokens_per_s": tps, "mfu": tps * flops_per_token / (peak_tflops * 1e12),
+                    "gemm_tflops": peak_tflops}));
+    }
+}
