@@ -15,22 +15,6 @@
 // Elements per partial sum of squares: the CPU twin's chunk (optim.rs CHUNK).
 #define NORM_CHUNK 16384
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum over the block in a fixed tree; valid in thread 0. `scratch` holds 32 doubles.
-__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum_f64(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    const int nwarps = (blockDim.x + 31) >> 5;
-    v = lane < nwarps && warp == 0 ? scratch[lane] : 0.0;
-    return warp_sum_f64(v);
-}
-
 // partial[b] = sum of g[i]^2 over chunk b (NORM_CHUNK elements), in f64.
 extern "C" __global__ void __launch_bounds__(256)
     grad_sumsq_chunks(const float* __restrict__ g, long long n, double* __restrict__ partial) {

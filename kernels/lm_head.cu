@@ -27,23 +27,6 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum over the block in a fixed tree; every thread gets it. `scratch` holds 32 doubles.
-__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum_f64(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    const int nwarps = (blockDim.x + 31) >> 5;
-    v = lane < nwarps ? scratch[lane] : 0.0;
-    return warp_sum_f64(v);
-}
-
 // One position per block. state[4 t..]: max, sum of exp(l - max), sum of exp(l - max) l, target logit,
 // all of l = logits * inv_temp; max starts at -inf (the host fills it). The exponentials are fp32 (each is
 // at most 1), their block sums and the state f64, as the CPU twin keeps its state.
