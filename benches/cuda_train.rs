@@ -31,15 +31,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Milliseconds of `f` on the stream, between two events.
+/// Milliseconds of `f` on the stream.
 fn timed(gpu: &Gpu, f: &mut dyn FnMut()) -> f64 {
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let (a, b) = (gpu.ctx.new_event(flags).unwrap(), gpu.ctx.new_event(flags).unwrap());
-    a.record(&gpu.stream).unwrap();
-    f();
-    b.record(&gpu.stream).unwrap();
-    b.synchronize().unwrap();
-    a.elapsed_ms(&b).unwrap() as f64
+    gpu.time_ms(f).expect("timing events")
 }
 
 /// Qwen2.5-0.5B's shape: 24 layers, hidden 896, 14 query / 2 kv heads of 64, FFN 4,864, vocab 151,936.

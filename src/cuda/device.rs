@@ -89,6 +89,17 @@ impl Gpu {
         Ok(self.stream.clone_dtoh(d)?)
     }
 
+    /// Milliseconds of the work `f` puts on the stream, between two events (benchmarks).
+    pub fn time_ms(&self, f: &mut dyn FnMut()) -> Result<f64> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (a, b) = (self.ctx.new_event(flags)?, self.ctx.new_event(flags)?);
+        a.record(&self.stream)?;
+        f();
+        b.record(&self.stream)?;
+        b.synchronize()?;
+        Ok(a.elapsed_ms(&b)? as f64)
+    }
+
     /// (free, total) bytes of device memory.
     pub fn memory(&self) -> Result<(usize, usize)> {
         Ok(self.ctx.mem_get_info()?)

@@ -176,10 +176,6 @@ impl Blas {
         out: usize,
         accumulate: bool,
     ) -> Result<()> {
-        ensure!(
-            x.len() >= t * inp && w.len() >= out * inp && y.len() >= t * out,
-            "gemm operands too small for [{t} x {inp}] . [{out} x {inp}]^T"
-        );
         self.matmul(Product::Forward, y, w, x, t, inp, out, accumulate)
     }
 
@@ -195,10 +191,6 @@ impl Blas {
         out: usize,
         accumulate: bool,
     ) -> Result<()> {
-        ensure!(
-            dy.len() >= t * out && w.len() >= out * inp && dx.len() >= t * inp,
-            "gemm operands too small for [{t} x {out}] . [{out} x {inp}]"
-        );
         self.matmul(Product::DInput, dx, w, dy, t, inp, out, accumulate)
     }
 
@@ -214,10 +206,6 @@ impl Blas {
         out: usize,
         accumulate: bool,
     ) -> Result<()> {
-        ensure!(
-            dy.len() >= t * out && x.len() >= t * inp && dw.len() >= out * inp,
-            "gemm operands too small for [{t} x {out}]^T . [{t} x {inp}]"
-        );
         self.matmul(Product::DWeight, dw, x, dy, t, inp, out, accumulate)
     }
 
@@ -234,11 +222,16 @@ impl Blas {
         out: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let (c_len, inner) = match product {
-            Product::Forward => (t * out, inp),
-            Product::DInput => (t * inp, out),
-            Product::DWeight => (out * inp, t),
+        // Elements of A, B and C, and the summed dimension.
+        let (a_len, b_len, c_len, inner) = match product {
+            Product::Forward => (out * inp, t * inp, t * out, inp),
+            Product::DInput => (out * inp, t * out, t * inp, out),
+            Product::DWeight => (t * inp, t * out, out * inp, t),
         };
+        ensure!(
+            a.len() >= a_len && b.len() >= b_len && c.len() >= c_len,
+            "{product:?} product: operands too small for t {t}, in {inp}, out {out}"
+        );
         if c_len == 0 {
             return Ok(());
         }

@@ -218,23 +218,10 @@ impl CudaModel {
         norm::embed_backward(gpu, &mut dy.slice_mut(..), &dh.slice(..), &EmbedGrad::new(&picked), d)?;
         drop(dh);
 
-        let mut dr = gpu.zeros::<f32>(t * d)?;
-        let mut dr16 = gpu.zeros::<bf16>(t * d)?;
+        // The residual stream's gradient (fp32) and its bf16 copy for the products.
+        let mut res = Residual { dr: gpu.zeros::<f32>(t * d)?, dr16: gpu.zeros::<bf16>(t * d)?, t };
         let x_final = f.pass.x_final.as_ref().context("the forward recorded the final residual")?;
-        let final_norm = wt.slice(self.norm.clone());
-        let mut dw = range_mut(grads, &self.norm);
-        let (dy_v, xf) = (dy.slice(..), x_final.slice(..));
-        norm::rmsnorm_backward(
-            gpu,
-            &mut dr.slice_mut(..),
-            &mut dr16.slice_mut(..),
-            &mut dw,
-            &dy_v,
-            &xf,
-            &final_norm,
-            t,
-            eps,
-        )?;
+        self.norm_backward(grads, &self.norm, &mut res, &dy, x_final)?;
 
         let (mut d_act, mut d_gu) = (gpu.zeros::<f32>(t * f_dim)?, gpu.zeros::<bf16>(t * 2 * f_dim)?);
         let (mut d_att, mut dq) = (gpu.zeros::<f32>(t * qd)?, gpu.zeros::<f32>(t * qd)?);
@@ -245,56 +232,13 @@ impl CudaModel {
 
         for (l, (layer, tape)) in self.layers.iter().zip(&f.pass.layers).enumerate().rev() {
             // MLP: dr holds d(its output).
-            let w_down = wt.slice(layer.w_down.clone());
-            gpu.blas.linear_dx(&mut d_act.slice_mut(..), &dr16.slice(..), &w_down, t, f_dim, d, false)?;
-            gpu.blas.linear_dw(
-                &mut range_mut(grads, &layer.w_down),
-                &dr16.slice(..),
-                &tape.act.slice(..),
-                t,
-                f_dim,
-                d,
-                true,
-            )?;
+            self.linear_backward(grads, &layer.w_down, &mut d_act, &res.dr16, &tape.act, t, f_dim, d)?;
             swiglu_backward(gpu, &mut d_gu.slice_mut(..), &d_act.slice(..), &tape.gate_up.slice(..), t, f_dim)?;
-            let w_gu = wt.slice(layer.w_gate_up.clone());
-            gpu.blas.linear_dx(&mut dy.slice_mut(..), &d_gu.slice(..), &w_gu, t, d, 2 * f_dim, false)?;
-            gpu.blas.linear_dw(
-                &mut range_mut(grads, &layer.w_gate_up),
-                &d_gu.slice(..),
-                &tape.h_mlp.slice(..),
-                t,
-                d,
-                2 * f_dim,
-                true,
-            )?;
-            let mlp_norm = wt.slice(layer.mlp_norm.clone());
-            let (dy_v, xm) = (dy.slice(..), tape.x_mid.slice(..));
-            let mut dw = range_mut(grads, &layer.mlp_norm);
-            norm::rmsnorm_backward(
-                gpu,
-                &mut dr.slice_mut(..),
-                &mut dr16.slice_mut(..),
-                &mut dw,
-                &dy_v,
-                &xm,
-                &mlp_norm,
-                t,
-                eps,
-            )?;
+            self.linear_backward(grads, &layer.w_gate_up, &mut dy, &d_gu, &tape.h_mlp, t, d, 2 * f_dim)?;
+            self.norm_backward(grads, &layer.mlp_norm, &mut res, &dy, &tape.x_mid)?;
 
             // Attention: dr holds d(its output).
-            let wo = wt.slice(layer.wo.clone());
-            gpu.blas.linear_dx(&mut d_att.slice_mut(..), &dr16.slice(..), &wo, t, qd, d, false)?;
-            gpu.blas.linear_dw(
-                &mut range_mut(grads, &layer.wo),
-                &dr16.slice(..),
-                &tape.att.slice(..),
-                t,
-                qd,
-                d,
-                true,
-            )?;
+            self.linear_backward(grads, &layer.wo, &mut d_att, &res.dr16, &tape.att, t, qd, d)?;
             let (kp, vp) = (f.pool.plane_start(l, 0), f.pool.plane_start(l, 1));
             let (k_pool, v_pool) = (f.pool.buf.slice(kp..kp + f.pool.plane), f.pool.buf.slice(vp..vp + f.pool.plane));
             attention_backward(
@@ -340,34 +284,55 @@ impl CudaModel {
                 colsum(gpu, &mut range_mut(grads, rq), &dqn.slice(..), None, None, 1)?;
                 colsum(gpu, &mut range_mut(grads, rk), &dkn.slice(..), None, None, 1)?;
             }
-            let w_qkv = wt.slice(layer.w_qkv.clone());
-            gpu.blas.linear_dx(&mut dy.slice_mut(..), &d_qkv.slice(..), &w_qkv, t, d, width, false)?;
-            gpu.blas.linear_dw(
-                &mut range_mut(grads, &layer.w_qkv),
-                &d_qkv.slice(..),
-                &tape.h_attn.slice(..),
-                t,
-                d,
-                width,
-                true,
-            )?;
-            let attn_norm = wt.slice(layer.attn_norm.clone());
-            let (dy_v, xi) = (dy.slice(..), tape.x_in.slice(..));
-            let mut dw = range_mut(grads, &layer.attn_norm);
-            norm::rmsnorm_backward(
-                gpu,
-                &mut dr.slice_mut(..),
-                &mut dr16.slice_mut(..),
-                &mut dw,
-                &dy_v,
-                &xi,
-                &attn_norm,
-                t,
-                eps,
-            )?;
+            self.linear_backward(grads, &layer.w_qkv, &mut dy, &d_qkv, &tape.h_attn, t, d, width)?;
+            self.norm_backward(grads, &layer.attn_norm, &mut res, &dy, &tape.x_in)?;
         }
         // dr now holds d(embedding rows).
-        norm::embed_backward(gpu, &mut range_mut(grads, &self.embed), &dr.slice(..), &EmbedGrad::new(&f.tokens), d)
+        norm::embed_backward(gpu, &mut range_mut(grads, &self.embed), &res.dr.slice(..), &EmbedGrad::new(&f.tokens), d)
+    }
+}
+
+/// The residual stream's gradient over a pass's `t` rows, fp32, and its bf16 copy (the products' input).
+struct Residual {
+    dr: CudaSlice<f32>,
+    dr16: CudaSlice<bf16>,
+    t: usize,
+}
+
+impl CudaModel {
+    /// A linear layer's backward pass: dx = dy W (fp32, overwritten) and dW += dy^T x, W the arena range `w`
+    /// (`[out, inp]`), x the forward's saved input.
+    #[allow(clippy::too_many_arguments)] // the product's operands and shape
+    fn linear_backward(
+        &self,
+        grads: &mut CudaSlice<f32>,
+        w: &Range<usize>,
+        dx: &mut CudaSlice<f32>,
+        dy: &CudaSlice<bf16>,
+        x: &CudaSlice<bf16>,
+        t: usize,
+        inp: usize,
+        out: usize,
+    ) -> Result<()> {
+        let (blas, wv) = (&self.gpu.blas, self.weights.slice(w.clone()));
+        blas.linear_dx(&mut dx.slice_mut(..), &dy.slice(..), &wv, t, inp, out, false)?;
+        blas.linear_dw(&mut range_mut(grads, w), &dy.slice(..), &x.slice(..), t, inp, out, true)
+    }
+
+    /// RMSNorm's backward pass (weight: the arena range `w`) from the normalised rows' gradient `dy` and the
+    /// forward's residual rows `x`: the residual's gradient grows by the norm's input gradient.
+    fn norm_backward(
+        &self,
+        grads: &mut CudaSlice<f32>,
+        w: &Range<usize>,
+        res: &mut Residual,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let (wv, eps) = (self.weights.slice(w.clone()), self.config.rms_norm_eps);
+        let (dy, x) = (dy.slice(..), x.slice(..));
+        let (dr, dr16) = (&mut res.dr.slice_mut(..), &mut res.dr16.slice_mut(..));
+        norm::rmsnorm_backward(&self.gpu, dr, dr16, &mut range_mut(grads, w), &dy, &x, &wv, res.t, eps)
     }
 }
 
