@@ -1,5 +1,5 @@
-//! Launcher of `kernels/colsum.cu`: a weight's gradient summed over a batch's rows, out[j] += sum_r
-//! a[r, j] b[r, j] s[r] (b and s optional), deterministic (fixed row groups, added in order).
+//! Launcher of `kernels/colsum.cu`: a weight's gradient summed over a batch's rows, `out[j] += sum_r
+//! a[r, j] b[r, j] s[r]` (b and s optional), deterministic (fixed row groups, added in order).
 //! CPU twins: the dw / db sums of `cpu::grad::rmsnorm_backward` and `bias_backward`; test:
 //! `tests/cuda_train.rs` (`rmsnorm_backward_matches_cpu`).
 use super::device::blocks_for;

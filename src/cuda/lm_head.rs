@@ -17,7 +17,7 @@ use half::bf16;
 /// Bytes the per-chunk scratch may take: the fp32 logits and their bf16 gradient.
 const SCRATCH_BYTES: usize = 256 << 20;
 
-/// Vocabulary rows per chunk for `t` positions: as many as fit [`SCRATCH_BYTES`] (6 bytes a logit), a
+/// Vocabulary rows per chunk for `t` positions: as many as fit 256 MiB (6 bytes a logit), a
 /// multiple of 128 (the GEMM's tile), at least 128 and at most `v`.
 pub fn chunk_rows(t: usize, v: usize) -> usize {
     let fit = SCRATCH_BYTES / (6 * t.max(1));
