@@ -1,4 +1,4 @@
-//! Training on the GPU (device only; elsewhere it prints `SKIPPED cuda_train: <why>` and exits 0):
+//! Training on the GPU (device only; elsewhere it prints `SKIPPED cuda_training: <why>` and exits 0):
 //! - fused_loss: the fused LM head at T = 16,384 positions, d = 896, V = 151,936 (Qwen2.5-0.5B's head),
 //!   log-probs forward and d(hidden), d(W) backward for a policy-gradient loss; time (CUDA events) and the
 //!   bytes the call allocates beyond its inputs (its buffers, counted), for `tools/peer_fused_loss.py`'s
@@ -10,7 +10,7 @@
 //!   s the sequence length).
 //! Medians of REPS runs (default 5) after a warm-up; one JSON object per measurement.
 //!
-//!   cargo bench --bench cuda_train
+//!   cargo bench --bench cuda_training
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
 mod common;
@@ -60,7 +60,7 @@ fn random_model(cfg: ModelConfig, tokenizer: mappa::tokenizer::TokenizerSpec) ->
 fn main() {
     let gpu = match Gpu::shared() {
         Ok(g) => g,
-        Err(why) => return println!("SKIPPED cuda_train: {why:#}"),
+        Err(why) => return println!("SKIPPED cuda_training: {why:#}"),
     };
     let reps: usize = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     let device = gpu.ctx.name().unwrap_or_default();
