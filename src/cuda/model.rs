@@ -300,7 +300,12 @@ impl CudaModel {
         let (x, delta, h) = (w.x.get(gpu, t * d)?, w.delta.get(gpu, t * d)?, w.h.get(gpu, t * d)?);
         let (qkv_buf, q, att) = (w.qkv.get(gpu, t * (qd + 2 * kvd))?, w.q.get(gpu, t * qd)?, w.att.get(gpu, t * qd)?);
         let (gu, act) = (w.gate_up.get(gpu, t * 2 * f)?, w.act.get(gpu, t * f)?);
-        let (head_in, logits) = (w.head_in.get(gpu, n.max(1) * d)?, w.logits.get(gpu, n.max(1) * c.vocab_size)?);
+        let head_in = w.head_in.get(gpu, n.max(1) * d)?;
+        // A scoring pass never makes logits (the fused head reads head_in): no [n, vocab] buffer for it.
+        let logits = match pass {
+            None => Some(w.logits.get(gpu, n.max(1) * c.vocab_size)?),
+            Some(_) => None,
+        };
         let (wt, eps) = (&self.weights, c.rms_norm_eps);
 
         norm::embed(gpu, &mut x.slice_mut(..), &wt.slice(self.embed.clone()), &tok_view, d)?;
@@ -402,6 +407,7 @@ impl CudaModel {
                 return Ok(n);
             }
             let head = wt.slice(self.head.clone());
+            let logits = logits.context("a step makes logits")?;
             gpu.blas.linear(&mut logits.slice_mut(..), &head_in.slice(..), &head, n, d, c.vocab_size, false)?;
         }
         Ok(n)
