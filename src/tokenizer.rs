@@ -1,7 +1,7 @@
 //! Tokenizer and chat template: encode/decode through the `tokenizers` crate, chat formatting through
 //! minijinja running the model's own Jinja template (ChatML when the model has none), and the stop tokens.
 use crate::config::ModelConfig;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// What a checkpoint says about its tokenizer, in the shape of Hugging Face's files: `tokenizer.json`
@@ -241,16 +241,48 @@ fn write_python_json(
 }
 
 /// `tokenizer.json` read by the `tokenizers` crate, after refusing what that crate would panic on rather than
-/// reject: text that is not JSON (its decoder deserializer unwraps the parse error it meets), and a template
-/// post-processor that names a special token it does not define, or the second sequence (`$B`) in the
-/// single-sequence template (it indexes both without a check when encoding).
+/// reject: text that is not JSON (its decoder deserializer unwraps the parse error it meets), BPE merges it
+/// cannot join (`check_bpe_merges`), and a template post-processor that names a special token it does not
+/// define, or the second sequence (`$B`) in the single-sequence template (it indexes both without a check
+/// when encoding).
 fn parse_tokenizer_json(text: &str) -> Result<tokenizers::Tokenizer> {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).context("not valid JSON")?;
+    let json: serde_json::Value = serde_json::from_str(text).context("not valid JSON")?;
+    check_bpe_merges(&json["model"]).context("model.merges")?;
     let tokenizer: tokenizers::Tokenizer = text.parse().map_err(|e| anyhow!("{e}"))?;
     if let Some(p) = tokenizer.get_post_processor() {
         check_post_processor(p).context("post_processor")?;
     }
     Ok(tokenizer)
+}
+
+/// The `tokenizers` crate joins each BPE merge (a, b) in a buffer as long as the longest vocabulary entry,
+/// after cutting `continuing_subword_prefix` off b, and slices both without a check (0.23: it panics on a
+/// b shorter than the prefix, or a join longer than the buffer). A merge that does not start b with the
+/// prefix, or whose join is longer than any token, can name no token anyway: refuse it here.
+fn check_bpe_merges(model: &serde_json::Value) -> Result<()> {
+    if model["type"] != "BPE" {
+        return Ok(());
+    }
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    let longest = model["vocab"].as_object().map_or(0, |v| v.keys().map(String::len).max().unwrap_or(0));
+    for (i, merge) in model["merges"].as_array().into_iter().flatten().enumerate() {
+        let (a, b) = match merge {
+            serde_json::Value::String(m) => m.split_once(' ').unwrap_or((m, "")),
+            serde_json::Value::Array(p) => {
+                (p.first().and_then(|x| x.as_str()).unwrap_or(""), p.get(1).and_then(|x| x.as_str()).unwrap_or(""))
+            }
+            _ => continue, // the crate rejects it itself
+        };
+        ensure!(
+            b.starts_with(prefix),
+            "merge {i} ({a:?}, {b:?}) does not start its second token with the prefix {prefix:?}"
+        );
+        ensure!(
+            a.len() + b.len() - prefix.len() <= longest,
+            "merge {i} ({a:?}, {b:?}) joins to a token longer than any in the vocabulary"
+        );
+    }
+    Ok(())
 }
 
 fn check_post_processor(p: &tokenizers::processors::PostProcessorWrapper) -> Result<()> {

@@ -314,6 +314,21 @@ fn malformed_tokenizer_json_is_an_error_not_a_panic() {
     assert!(build(&with_template(json!([special("t1"), a]))).unwrap().is_ok());
     assert_mentions(&err(&with_template(json!([special("t9"), a]))), &["post_processor", "\"t9\"", "special_tokens"]);
     assert_mentions(&err(&with_template(json!([a, b]))), &["post_processor", "$B"]);
+
+    // BPE merges the crate joins without checking (2026-12-04, fuzz/corpus/tokenizer_json/crash-bpe-prefix):
+    // a second token shorter than `continuing_subword_prefix`, and a join longer than every token.
+    let bpe = |prefix: Value, vocab: Value, merges: Value| {
+        let mut json = good.clone();
+        json["model"] = json!({"type": "BPE", "continuing_subword_prefix": prefix, "vocab": vocab, "merges": merges});
+        json.to_string()
+    };
+    let vocab = json!({"a": 0, "b": 1, "ab": 2, "t3": 3, "t4": 4});
+    assert!(build(&bpe(Value::Null, vocab.clone(), json!([["a", "b"]]))).is_ok(), "a well-formed BPE model loads");
+    assert!(build(&bpe(Value::Null, vocab.clone(), json!(["a b"]))).is_ok(), "merges as strings too");
+    let long_prefix = bpe(json!("<|im_end|>"), vocab, json!([["a", "b"]]));
+    assert_mentions(&err(&long_prefix), &["model.merges", "merge 0", "prefix"]);
+    let too_long = bpe(Value::Null, json!({"a": 0, "b": 1}), json!([["a", "b"]]));
+    assert_mentions(&err(&too_long), &["model.merges", "longer than any"]);
 }
 
 #[test]
