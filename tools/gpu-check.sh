@@ -39,7 +39,7 @@ for line in sys.stdin:
   done
   # The fused loss's Triton peer, installed on the device from this wheel.
   pip download --quiet --no-deps -d "$BIN" liger-kernel==0.6.4
-  REQUIRE_CUDA_KERNELS=1 cargo build --release --bin mappa && cp target/release/mappa "$BIN/mappa"
+  REQUIRE_CUDA_KERNELS=1 cargo build --release --bin mappa && cp "${CARGO_TARGET_DIR:-target}/release/mappa" "$BIN/mappa"
   strip "$BIN"/*
   git rev-parse --short HEAD > "$BIN/commit"
   # Nine stripped binaries pass the 64 MiB carry limit; compressed they take about a third of it.
