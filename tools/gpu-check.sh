@@ -37,10 +37,10 @@ for line in sys.stdin:
         print(m["executable"])' \
       | while read -r exe; do cp "$exe" "$BIN/$bench"; done
   done
-  # The fused loss's Triton peer, installed on the device from this wheel.
-  pip download --quiet --no-deps -d "$BIN" liger-kernel==0.6.4
   REQUIRE_CUDA_KERNELS=1 cargo build --release --bin mappa && cp "${CARGO_TARGET_DIR:-target}/release/mappa" "$BIN/mappa"
   strip "$BIN"/*
+  # The fused loss's Triton peer, installed on the device from this wheel.
+  pip download --quiet --no-deps -d "$BIN" liger-kernel==0.6.4
   git rev-parse --short HEAD > "$BIN/commit"
   # Nine stripped binaries pass the 64 MiB carry limit; compressed they take about a third of it.
   tar -cJf "$BIN.tar.xz" "$BIN"
