@@ -13,7 +13,6 @@
 //!
 //!   cargo bench --bench cuda_generate
 use mappa::cuda::model::CudaModel;
-use mappa::cuda::Gpu;
 use mappa::engine::{generate_batch, EngineConfig, Request};
 use mappa::model::Model;
 use mappa::sample::SamplingParams;
@@ -23,55 +22,26 @@ use std::time::Instant;
 
 const PROMPT: usize = 64;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Milliseconds of `f` on the stream.
-fn timed(gpu: &Gpu, f: &mut dyn FnMut()) -> f64 {
-    gpu.time_ms(f).expect("timing events")
-}
+mod gpu_bench;
+use gpu_bench::median;
 
 fn main() {
-    let gpu = match Gpu::shared() {
-        Ok(g) => g,
-        Err(why) => return println!("SKIPPED cuda_generate: {why:#}"),
-    };
-    let reps: usize = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
-    let device = gpu.ctx.name().unwrap_or_default();
-    let commit = std::env::var("MAPPA_COMMIT").unwrap_or_default();
-    let date = std::env::var("MAPPA_DATE").unwrap_or_default();
-    let emit = |mut v: serde_json::Value| {
-        v["device"] = json!(device);
-        v["commit"] = json!(commit);
-        v["date"] = json!(date);
-        println!("{v}");
-    };
+    let Some(bench) = gpu_bench::start("cuda_generate") else { return };
+    let (gpu, reps) = (&*bench.gpu, bench.reps);
+    let emit = |v: serde_json::Value| bench.emit(v);
 
     // Ceiling 1: copy bandwidth.
     let n = 256 << 20;
     let host: Vec<half::bf16> = (0..n).map(|i| half::bf16::from_f32(1.0 + (i % 251) as f32)).collect();
     let src = gpu.upload(&host).unwrap();
     let mut dst = gpu.zeros::<half::bf16>(n).unwrap();
-    let mut copy = || gpu.stream.memcpy_dtod(&src, &mut dst).unwrap();
-    timed(&gpu, &mut copy);
-    let ms = median((0..reps * 4).map(|_| timed(&gpu, &mut copy)).collect());
+    let ms = bench.median_ms(reps * 4, &mut || gpu.stream.memcpy_dtod(&src, &mut dst).unwrap());
     let copy_gbps = 2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9;
     emit(json!({"name": "copy_bandwidth", "bytes": n * 2, "ms": ms, "copy_gbps": copy_gbps}));
     drop((src, dst, host));
 
     // Ceiling 2: a large bf16 product.
-    let s = 8192;
-    let a: Vec<half::bf16> = (0..s * s).map(|i| half::bf16::from_f32(((i % 17) as f32 - 8.0) / 64.0)).collect();
-    let (x, w) = (gpu.upload(&a).unwrap(), gpu.upload(&a).unwrap());
-    let mut y = gpu.zeros::<half::bf16>(s * s).unwrap();
-    let mut gemm = || gpu.blas.linear(&mut y.slice_mut(..), &x.slice(..), &w.slice(..), s, s, s, false).unwrap();
-    timed(&gpu, &mut gemm);
-    let ms = median((0..reps).map(|_| timed(&gpu, &mut gemm)).collect());
-    let tflops = 2.0 * (s * s * s) as f64 / (ms * 1e-3) / 1e12;
-    emit(json!({"name": "gemm_bf16", "m": s, "n": s, "k": s, "ms": ms, "tflops": tflops}));
-    drop((x, w, y, a));
+    bench.gemm_tflops();
 
     // SmolLM2 generation.
     let path = mappa::loader::setup_home().expect("HOME or MAPPA_HOME").join(mappa::loader::SMOLLM2_GGUF);

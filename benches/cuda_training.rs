@@ -14,27 +14,17 @@
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
 mod common;
-use half::bf16;
+mod gpu_bench;
+use gpu_bench::median;
 use mappa::config::{Arch, ModelConfig};
 use mappa::cuda::lm_head::{chunk_rows, LmHead};
 use mappa::cuda::model::CudaModel;
-use mappa::cuda::Gpu;
 use mappa::loader::LoadedModel;
 use mappa::model::{Model, Packed};
 use mappa::optim::AdamWConfig;
 use mappa::tensor::{Tensor, Weights};
 use serde_json::json;
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Milliseconds of `f` on the stream.
-fn timed(gpu: &Gpu, f: &mut dyn FnMut()) -> f64 {
-    gpu.time_ms(f).expect("timing events")
-}
 
 /// Qwen2.5-0.5B's shape: 24 layers, hidden 896, 14 query / 2 kv heads of 64, FFN 4,864, vocab 151,936.
 fn qwen_05b() -> ModelConfig {
@@ -58,32 +48,9 @@ fn random_model(cfg: ModelConfig, tokenizer: mappa::tokenizer::TokenizerSpec) ->
 }
 
 fn main() {
-    let gpu = match Gpu::shared() {
-        Ok(g) => g,
-        Err(why) => return println!("SKIPPED cuda_training: {why:#}"),
-    };
-    let reps: usize = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
-    let device = gpu.ctx.name().unwrap_or_default();
-    let commit = std::env::var("MAPPA_COMMIT").unwrap_or_default();
-    let date = std::env::var("MAPPA_DATE").unwrap_or_default();
-    let emit = |mut v: serde_json::Value| {
-        v["device"] = json!(device);
-        v["commit"] = json!(commit);
-        v["date"] = json!(date);
-        println!("{v}");
-    };
-
-    // The GEMM ceiling, for MFU.
-    let s = 8192;
-    let a: Vec<bf16> = (0..s * s).map(|i| bf16::from_f32(((i % 17) as f32 - 8.0) / 64.0)).collect();
-    let (x, w) = (gpu.upload(&a).unwrap(), gpu.upload(&a).unwrap());
-    let mut y = gpu.zeros::<bf16>(s * s).unwrap();
-    let mut gemm = || gpu.blas.linear(&mut y.slice_mut(..), &x.slice(..), &w.slice(..), s, s, s, false).unwrap();
-    timed(&gpu, &mut gemm);
-    let ms = median((0..reps).map(|_| timed(&gpu, &mut gemm)).collect());
-    let peak_tflops = 2.0 * (s * s * s) as f64 / (ms * 1e-3) / 1e12;
-    emit(json!({"bench": "gemm_bf16", "m": s, "n": s, "k": s, "ms": ms, "tflops": peak_tflops}));
-    drop((x, w, y, a));
+    let Some(bench) = gpu_bench::start("cuda_training") else { return };
+    let (gpu, reps) = (&*bench.gpu, bench.reps);
+    let peak_tflops = bench.gemm_tflops(); // the ceiling for MFU
 
     // The fused loss.
     let (t, d, v) = (16_384usize, 896usize, 151_936usize);
@@ -95,17 +62,14 @@ fn main() {
     let head = LmHead { h: h.slice(..), w: wh.slice(..), targets: targets.slice(..), t, d, v, temperature: 1.0, chunk };
     let mut dh = gpu.zeros::<f32>(t * d).unwrap();
     let mut dw = gpu.zeros::<f32>(v * d).unwrap();
-    let mut step = || {
-        let out = head.logprobs(&gpu, false).unwrap();
-        head.backward(&gpu, &out.lse.slice(..), &dlogp.slice(..), &mut dh.slice_mut(..), &mut dw.slice_mut(..))
-            .unwrap();
-    };
-    timed(&gpu, &mut step);
-    let ms = median((0..reps).map(|_| timed(&gpu, &mut step)).collect());
+    let ms = bench.median_ms(reps, &mut || {
+        let out = head.logprobs(gpu, false).unwrap();
+        head.backward(gpu, &out.lse.slice(..), &dlogp.slice(..), &mut dh.slice_mut(..), &mut dw.slice_mut(..)).unwrap();
+    });
     // Beyond the inputs: the scratch logits (fp32) and their gradient (bf16), the per-position state and
     // results, d(hidden) and d(W) in fp32.
     let bytes = t * chunk * 6 + t * (32 + 12) + t * d * 4 + v * d * 4;
-    emit(json!({"bench": "fused_loss", "t": t, "d": d, "v": v, "chunk": chunk, "ms": ms,
+    bench.emit(json!({"bench": "fused_loss", "t": t, "d": d, "v": v, "chunk": chunk, "ms": ms,
                 "peak_mib": bytes as f64 / (1 << 20) as f64}));
     drop((h, wh, targets, dlogp, dh, dw));
 
@@ -139,7 +103,7 @@ fn main() {
             + c.vocab_size * c.hidden_size;
         let flops_per_token = 6.0 * n_params as f64 + 6.0 * (c.num_layers * len * c.q_dim()) as f64;
         let tps = (seqs * len) as f64 / secs;
-        emit(json!({"bench": "train_step", "model": name, "sequences": seqs, "seq_len": len, "ms": secs * 1e3,
+        bench.emit(json!({"bench": "train_step", "model": name, "sequences": seqs, "seq_len": len, "ms": secs * 1e3,
                     "tokens_per_s": tps, "mfu": tps * flops_per_token / (peak_tflops * 1e12),
                     "gemm_tflops": peak_tflops}));
     }
