@@ -279,6 +279,12 @@ pub trait Model: Send + Sync {
     fn save_optimizer(&self, path: &Path) -> Result<()>;
     /// Optimizer steps taken (0 before `init_optimizer`).
     fn optimizer_steps(&self) -> u64;
+    /// Between this policy's updates: moves what only training needs (gradients, optimizer state) out of
+    /// the way, so the other agents' updates and the rollouts have the memory (the CUDA backend parks it in
+    /// pinned host memory; the next training call brings it back). Nothing to do on the CPU.
+    fn park_training_state(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Clips the gradient's global norm to `max_grad_norm`, then one AdamW step at `lr`; returns the norm
     /// before clipping. A non-finite norm is an error and no step is taken.
     fn optimizer_step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32>;

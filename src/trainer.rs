@@ -204,6 +204,7 @@ impl Trainer {
                 norm_sum += self.optimizer_step(&mut stats)? as f64;
             }
         }
+        self.model.park_training_state()?;
         let steps = stats.optimizer_steps.max(1) as f64;
         let tokens = stats.tokens.max(1) as f64;
         stats.loss = (loss_sum / steps) as f32;

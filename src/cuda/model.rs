@@ -534,6 +534,10 @@ impl Model for CudaModel {
         self.gpu.ctx.bind_to_thread()?;
         self.take_optimizer_step(lr, max_grad_norm)
     }
+    fn park_training_state(&mut self) -> Result<()> {
+        self.gpu.ctx.bind_to_thread()?;
+        CudaModel::park_training_state(self)
+    }
 
     /// The fp32 master weights once training has started, else the bf16 weights widened to f32.
     fn weights(&self) -> Result<Weights> {

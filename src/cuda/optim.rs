@@ -9,19 +9,61 @@ use super::device::blocks_for;
 use super::Gpu;
 use crate::optim::{step_scalars, AdamW, AdamWConfig, StepScalars};
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use half::bf16;
 use std::path::Path;
 
 /// Elements per partial sum of the norm: `NORM_CHUNK` in kernels/adamw.cu.
 const NORM_CHUNK: usize = 16384;
 
+/// An fp32 buffer of training state that lives on the device while its agent trains and in pinned host
+/// memory while the other agents do (engine-design §3: three 1.5B agents fit one 80 GB GPU only so):
+/// `park` copies it out and frees the device copy, `device` brings it back first when parked.
+pub enum Parkable {
+    Device(CudaSlice<f32>),
+    Host(PinnedHostSlice<f32>),
+}
+
+impl Parkable {
+    pub fn park(&mut self, gpu: &Gpu) -> Result<()> {
+        if let Parkable::Device(d) = self {
+            let mut h = unsafe { gpu.ctx.alloc_pinned::<f32>(d.len()) }?;
+            gpu.stream.memcpy_dtoh(d, &mut h)?;
+            gpu.stream.synchronize()?; // the copy is done before the device buffer is freed
+            *self = Parkable::Host(h);
+        }
+        Ok(())
+    }
+
+    /// The device copy, brought back first when parked.
+    pub fn device(&mut self, gpu: &Gpu) -> Result<&mut CudaSlice<f32>> {
+        if let Parkable::Host(h) = self {
+            let mut d = unsafe { gpu.stream.alloc::<f32>(h.len()) }?;
+            gpu.stream.memcpy_htod(h, &mut d)?;
+            gpu.stream.synchronize()?; // the copy is done before the pinned buffer is freed
+            *self = Parkable::Device(d);
+        }
+        match self {
+            Parkable::Device(d) => Ok(d),
+            Parkable::Host(_) => Err(anyhow::anyhow!("training state still parked after its upload")),
+        }
+    }
+
+    /// A host copy, wherever it is (waits for the stream).
+    pub fn to_host(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        match self {
+            Parkable::Device(d) => gpu.download(&d.slice(..)),
+            Parkable::Host(h) => Ok(h.as_slice()?.to_vec()),
+        }
+    }
+}
+
 pub struct GpuAdamW {
     config: AdamWConfig,
     names: Vec<String>,
     sizes: Vec<usize>,
-    m: CudaSlice<f32>,
-    v: CudaSlice<f32>,
+    m: Parkable,
+    v: Parkable,
     step: u64,
     /// The last norm and its clip coefficient, [norm, coef], on the device.
     clip: CudaSlice<f32>,
@@ -43,8 +85,8 @@ impl GpuAdamW {
             config: *state.config(),
             names: state.names().to_vec(),
             sizes: m.iter().map(Vec::len).collect(),
-            m: gpu.upload(&flat(m))?,
-            v: gpu.upload(&flat(v))?,
+            m: Parkable::Device(gpu.upload(&flat(m))?),
+            v: Parkable::Device(gpu.upload(&flat(v))?),
             step: state.step_count(),
             clip: gpu.upload(&[0f32, 1f32])?,
         })
@@ -56,13 +98,19 @@ impl GpuAdamW {
             let mut at = 0;
             self.sizes.iter().map(|&n| (flat[at..at + n].to_vec(), at += n).0).collect::<Vec<_>>()
         };
-        let (m, v) = (split(gpu.download(&self.m.slice(..))?), split(gpu.download(&self.v.slice(..))?));
+        let (m, v) = (split(self.m.to_host(gpu)?), split(self.v.to_host(gpu)?));
         AdamW::from_parts(self.names.clone(), self.config, m, v, self.step)
     }
 
     /// Writes the state in `AdamW::save`'s format, so a run saved on one backend resumes on the other.
     pub fn save(&self, gpu: &Gpu, path: &Path) -> Result<()> {
         self.to_cpu(gpu)?.save(path)
+    }
+
+    /// Moves the moments to pinned host memory until the next `step` (`Parkable`).
+    pub fn park(&mut self, gpu: &Gpu) -> Result<()> {
+        self.m.park(gpu)?;
+        self.v.park(gpu)
     }
 
     pub fn step_count(&self) -> u64 {
@@ -121,7 +169,8 @@ impl GpuAdamW {
             step_scalars(&self.config, self.step, lr);
         let n64 = n as i64;
         let mut l = gpu.launch("adamw_step")?;
-        l.arg(master).arg(&mut self.m).arg(&mut self.v).arg(grads).arg(weights).arg(&n64).arg(&self.clip);
+        let (m, v) = (self.m.device(gpu)?, self.v.device(gpu)?);
+        l.arg(master).arg(m).arg(v).arg(grads).arg(weights).arg(&n64).arg(&self.clip);
         l.arg(&decay).arg(&m_weight).arg(&v_decay).arg(&v_weight).arg(&neg_step_size).arg(&bc2_sqrt).arg(&eps);
         // A grid-stride loop over every parameter: enough blocks to fill the GPU.
         let grid = blocks_for(n, 256).clamp(1, 8192);

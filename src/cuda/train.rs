@@ -23,7 +23,7 @@ use super::colsum::colsum;
 use super::lm_head::{chunk_rows, LmHead};
 use super::model::{CudaKvPool, CudaModel};
 use super::norm::{self, EmbedGrad};
-use super::optim::GpuAdamW;
+use super::optim::{GpuAdamW, Parkable};
 use super::qkv::{self, QkvExtras, QkvShape, QkvWeightGrads};
 use super::swiglu::swiglu_backward;
 use super::Gpu;
@@ -90,7 +90,7 @@ fn range_mut<'a>(grads: &'a mut CudaSlice<f32>, r: &Range<usize>) -> CudaViewMut
 #[derive(Default)]
 pub(super) struct TrainState {
     grads: Option<CudaSlice<f32>>,
-    master: Option<CudaSlice<f32>>,
+    master: Option<Parkable>,
     opt: Option<GpuAdamW>,
 }
 
@@ -363,7 +363,7 @@ impl CudaModel {
         };
         if self.train.master.is_none() {
             let host: Vec<f32> = gpu.download(&self.weights.slice(..))?.iter().map(|v| v.to_f32()).collect();
-            self.train.master = Some(gpu.upload(&host)?);
+            self.train.master = Some(Parkable::Device(gpu.upload(&host)?));
         }
         self.train.opt = Some(opt);
         Ok(())
@@ -392,8 +392,23 @@ impl CudaModel {
         opt.clip_grad_norm(&gpu, &grads.slice(..), max_grad_norm)?;
         let norm = opt.last_norm(&gpu)?;
         ensure!(norm.is_finite(), "gradient norm is {norm}: the update was skipped and training stopped");
+        let master = master.device(&gpu)?;
         opt.step(&gpu, &mut master.slice_mut(..), &grads.slice(..), &mut self.weights.slice_mut(..), lr)?;
         Ok(norm)
+    }
+
+    /// Between this agent's updates: gradients dropped, master weights and moments to pinned host memory,
+    /// so the device holds only the bf16 weights rollouts read (the next optimizer step brings them back).
+    pub(super) fn park_training_state(&mut self) -> Result<()> {
+        let gpu = self.gpu.clone();
+        self.train.grads = None;
+        if let Some(m) = self.train.master.as_mut() {
+            m.park(&gpu)?;
+        }
+        if let Some(o) = self.train.opt.as_mut() {
+            o.park(&gpu)?;
+        }
+        Ok(())
     }
 
     /// A host copy of the gradient buffer (the arena's layout; zeros before any backward): for tests
@@ -410,7 +425,7 @@ impl CudaModel {
     pub(super) fn host_weights(&self) -> Result<Vec<f32>> {
         let gpu: &Gpu = &self.gpu;
         Ok(match &self.train.master {
-            Some(m) => gpu.download(&m.slice(..))?,
+            Some(m) => m.to_host(gpu)?,
             None => gpu.download(&self.weights.slice(..))?.iter().map(|v| v.to_f32()).collect(),
         })
     }
