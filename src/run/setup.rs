@@ -473,12 +473,27 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("{} is in use by another mappa process (it holds {LOCK_FILE}); wait for it to finish", dir.display())
+    // A lock can outlive the File that took it by the fork-exec window of a child process that another
+    // thread of this process spawns (the child holds a copy of every descriptor until exec closes it), so a
+    // busy lock is tried again for up to a second before it is taken for another process's.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if attempt <= 20 => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!(
+                    "{} is in use by another mappa process (it holds {LOCK_FILE}); wait for it to finish",
+                    dir.display()
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
 }
 
