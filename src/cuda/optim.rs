@@ -72,8 +72,20 @@ pub struct GpuAdamW {
 impl GpuAdamW {
     /// Zero state for parameters given as (name, element count), laid end to end in that order.
     pub fn new(gpu: &Gpu, params: &[(String, usize)], config: AdamWConfig) -> Result<Self> {
-        let state = AdamW::new(params.iter().map(|(n, s)| (n.clone(), *s)), config)?; // checks the names
-        Self::from_cpu(gpu, &state)
+        // The names are checked as the CPU optimizer checks them, without its host copy of the moments.
+        AdamW::new(params.iter().map(|(n, _)| (n.clone(), 0)), config)?;
+        let sizes: Vec<usize> = params.iter().map(|p| p.1).collect();
+        let n: usize = sizes.iter().sum();
+        ensure!(n > 0, "AdamW on the GPU: no parameters");
+        Ok(GpuAdamW {
+            config,
+            names: params.iter().map(|p| p.0.clone()).collect(),
+            sizes,
+            m: Parkable::Device(gpu.zeros(n)?),
+            v: Parkable::Device(gpu.zeros(n)?),
+            step: 0,
+            clip: gpu.upload(&[0f32, 1f32])?,
+        })
     }
 
     /// The device copy of a CPU state (what `AdamW::load` read from a checkpoint).
