@@ -2,7 +2,8 @@
 with the logits transformers computes for a fixed token sequence (eager attention, f32, CPU).
 
 The three cover what SmolLM2 does not: llama3 RoPE scaling, qwen2's q/k/v biases, qwen3's per-head q/k
-RMSNorm, untied LM heads. Run once with torch + transformers (e.g. the venv ../shared/tools/cpu-peers.sh
+RMSNorm, untied LM heads, and heads wider than the hidden size (6 x 64 > 48, as in qwen3). head_dim is 64,
+the smallest the CUDA kernels take, so the same fixtures check the GPU. Run once with torch + transformers (e.g. the venv ../shared/tools/cpu-peers.sh
 makes) and commit the output; tests/torch_reference.rs checks the CPU backend against it:
     ~/.cache/cpu-peers/venv-torch/bin/python tools/make_tiny_fixtures.py
 """
@@ -16,7 +17,7 @@ from transformers import LlamaConfig, Qwen2Config, Qwen3Config, AutoModelForCaus
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
 TOKENS = [(i * 7 + 3) % 67 for i in range(20)]
 COMMON = dict(vocab_size=67, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-              num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
+              num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
               max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
 CONFIGS = {
     "llama": LlamaConfig(**COMMON, tie_word_embeddings=True,

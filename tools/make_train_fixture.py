@@ -12,6 +12,9 @@ What it computes (float32, CPU, eager attention, deterministic), for each model:
   * a 10-step trajectory from the original weights: loss, backward, clip_grad_norm_(max_norm=1.0) (its
     returned pre-clip total norm is recorded), AdamW step (all parameters decayed, norms and biases included),
     zero grads; trajectory_loss holds the 10 losses before each update plus the loss of the final weights.
+    The trajectory is run twice, in float32 and in float64 (trajectory_*_f64): at lr 1e-2 some steps
+    amplify rounding (float32 and float64 PyTorch differ by 3e-3 in one step's norm), so a test measures
+    float32 against the float64 run and allows for PyTorch's own float32 error at each step.
 The .safetensors holds logp, coef and the grads; the .json holds the ids, the loss, the AdamW settings and
 the trajectory. Run once with torch + transformers (the venv ../shared/tools/cpu-peers.sh makes) and commit:
     ~/.cache/cpu-peers/venv-torch/bin/python tools/make_train_fixture.py
@@ -34,8 +37,8 @@ torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)
 
 
-def load(d):
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+def load(d, dtype=torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype, attn_implementation="eager")
     return model.train()  # attention_dropout is 0 in these configs, so train() and eval() give the same numbers
 
 
@@ -48,6 +51,25 @@ def seq_logp(model, ids):
 def loss_fn(model, seqs, coef):
     logp = torch.cat([seq_logp(model, s) for s in seqs])
     return (coef.to(logp.dtype) * logp).sum(), logp
+
+
+def trajectory(d, seqs, coef, dtype):
+    """The 10-step AdamW trajectory from the original weights in `dtype`: losses (11) and pre-clip norms (10)."""
+    model = load(d, dtype)
+    params = [p for _, p in model.named_parameters()]
+    opt = torch.optim.AdamW(params, lr=ADAMW["lr"], betas=tuple(ADAMW["betas"]), eps=ADAMW["eps"],
+                            weight_decay=ADAMW["weight_decay"], foreach=False)
+    losses, norms = [], []
+    for _ in range(STEPS):
+        step_loss, _ = loss_fn(model, seqs, coef)
+        losses.append(step_loss.item())
+        step_loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm=ADAMW["max_grad_norm"]).item())
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        losses.append(loss_fn(model, seqs, coef)[0].item())
+    return losses, norms
 
 
 def make_one(d):
@@ -67,28 +89,16 @@ def make_one(d):
         tensors[f"grad.{name}"] = p.grad.detach()
     save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(d / "train_reference.safetensors"))
 
-    # Training trajectory, again from the original weights.
-    model = load(d)
-    params = [p for _, p in model.named_parameters()]
-    opt = torch.optim.AdamW(params, lr=ADAMW["lr"], betas=tuple(ADAMW["betas"]), eps=ADAMW["eps"],
-                            weight_decay=ADAMW["weight_decay"], foreach=False)
-    traj_loss, traj_norm = [], []
-    for _ in range(STEPS):
-        step_loss, _ = loss_fn(model, seqs, coef)
-        traj_loss.append(step_loss.item())
-        step_loss.backward()
-        traj_norm.append(torch.nn.utils.clip_grad_norm_(params, max_norm=ADAMW["max_grad_norm"]).item())
-        opt.step()
-        opt.zero_grad()
-    with torch.no_grad():
-        traj_loss.append(loss_fn(model, seqs, coef)[0].item())
-
+    (traj_loss, traj_norm), (loss64, norm64) = (trajectory(d, seqs, coef, dt) for dt in (torch.float32, torch.float64))
     (d / "train_reference.json").write_text(json.dumps({
         "generator": "tools/make_train_fixture.py", "torch": torch.__version__,
         "transformers": transformers.__version__, "seq_a": seq_a, "seq_b": seq_b, "loss": loss.item(),
         "adamw": ADAMW, "trajectory_loss": traj_loss, "trajectory_grad_norm": traj_norm,
+        "trajectory_loss_f64": loss64, "trajectory_grad_norm_f64": norm64,
     }) + "\n")
-    print(d.name, "loss", loss.item(), "params", len(params), "trajectory", traj_loss[0], "->", traj_loss[-1])
+    worst = max(abs(a - b) / b for a, b in zip(traj_norm, norm64))
+    print(d.name, "loss", loss.item(), "trajectory", traj_loss[0], "->", traj_loss[-1],
+          f"float32 norms off float64 by up to {worst:.1e} (relative)")
 
 
 if __name__ == "__main__":
