@@ -129,6 +129,15 @@ pub fn load(m: &LoadedModel, backend: Backend) -> Result<Box<dyn Model>> {
     }
 }
 
+/// The model of `m` on `backend`, to be trained: on the GPU its fp32 master weights start as `m`'s values
+/// exactly, not as their bf16 rounding, so a run resumed from an f32 checkpoint continues bit for bit.
+pub fn load_for_training(m: &LoadedModel, backend: Backend) -> Result<Box<dyn Model>> {
+    match backend {
+        Backend::Cpu => load(m, backend),
+        Backend::Cuda => Ok(Box::new(crate::cuda::model::CudaModel::for_training(m)?)),
+    }
+}
+
 /// Errors on an empty input or an id outside the vocabulary.
 pub fn check_tokens(cfg: &ModelConfig, tokens: &[u32]) -> Result<()> {
     if tokens.is_empty() {
@@ -274,6 +283,9 @@ pub trait Model: Send + Sync {
     fn forward_backward(&mut self, p: Packed, temperature: f32, recompute: bool, loss: &mut LossFn) -> Result<()>;
     /// Sets the gradient buffer to zero (allocating it on first use).
     fn zero_grad(&mut self);
+    /// A host copy of the gradient buffer in the arena's layout (zeros before any backward): what tests
+    /// compare across backends and against PyTorch.
+    fn gradients(&self) -> Result<Vec<f32>>;
     /// Starts fresh AdamW state, or restores state saved by `save_optimizer`.
     fn init_optimizer(&mut self, config: AdamWConfig, saved: Option<&Path>) -> Result<()>;
     fn save_optimizer(&self, path: &Path) -> Result<()>;

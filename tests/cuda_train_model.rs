@@ -1,6 +1,6 @@
 //! SmolLM2-135M training on the CUDA backend against the CPU backend: scored log-probs and every
-//! parameter's gradient, ten optimizer steps, and two GPU runs that must agree bit for bit. Skips (saying
-//! so) without a device.
+//! parameter's gradient, ten optimizer steps, two GPU runs that must agree bit for bit, and a resumed step
+//! that repeats the continued one exactly. Skips (saying so) without a device.
 //!
 //! The CPU model here holds the same bf16-rounded weights as the GPU, so only the arithmetic differs: the
 //! GPU rounds every product's input (activations, gradients of activations) to bf16 and sums in another
@@ -10,8 +10,12 @@ mod common;
 use common::gpu::gpu_or_skip;
 use mappa::cpu::{CpuBackend, CpuModel};
 use mappa::cuda::model::CudaModel;
-use mappa::model::{Model, Packed};
+use mappa::hf::write_dir;
+use mappa::loader::LoadedModel;
+use mappa::model::{load_for_training, Backend, Model, Packed};
 use mappa::optim::AdamWConfig;
+use mappa::run::checkpoint::OPTIMIZER_FILE;
+use mappa::tensor::DType;
 
 /// Largest |gpu - cpu| of a scored log-prob, and the mean.
 const LOGP_MAX_ABS: f32 = 0.3;
@@ -92,6 +96,28 @@ fn smollm2_scores_and_gradients_match_cpu() {
     println!("gradients: worst relative L2 error {:.4} ({})", worst.0, worst.1);
 }
 
+/// One of the trainer's steps on `b` (gradients zeroed, forward + backward, AdamW at lr 1e-5, clipped at
+/// 1): the loss Σ coef·logp and the gradient norm.
+fn train_step(model: &mut dyn Model, b: &Batch) -> (f64, f32) {
+    model.zero_grad();
+    let mut loss = 0f64;
+    let coef = b.coef.clone();
+    let mut loss_fn = |logp: &[f32]| {
+        loss = logp.iter().zip(&coef).map(|(&l, &c)| l as f64 * c as f64).sum();
+        Ok(coef.clone())
+    };
+    model.forward_backward(b.packed(), 1.0, false, &mut loss_fn).unwrap();
+    let norm = model.optimizer_step(1e-5, 1.0).unwrap();
+    (loss, norm)
+}
+
+fn assert_same_weights(a: &dyn Model, b: &dyn Model, what: &str) {
+    let (wa, wb) = (a.weights().unwrap(), b.weights().unwrap());
+    for (name, t) in &wa.tensors {
+        assert!(t.bytes() == wb.get(name).unwrap().bytes(), "{name}: {what}");
+    }
+}
+
 /// Ten AdamW steps on one batch through the model interface (the trainer's path, with the optimizer state
 /// parked in host memory and brought back halfway): the losses follow the CPU's, and a second GPU run
 /// repeats the first bit for bit, losses and weights.
@@ -107,16 +133,7 @@ fn smollm2_ten_steps_follow_cpu_and_repeat_bitwise() {
                 // Between updates the GPU parks master weights and moments in host memory: exactly.
                 model.park_training_state().unwrap();
             }
-            model.zero_grad();
-            let mut loss = 0f64;
-            let coef = b.coef.clone();
-            let mut loss_fn = |logp: &[f32]| {
-                loss = logp.iter().zip(&coef).map(|(&l, &c)| l as f64 * c as f64).sum();
-                Ok(coef.clone())
-            };
-            model.forward_backward(b.packed(), 1.0, false, &mut loss_fn).unwrap();
-            losses.push(loss);
-            model.optimizer_step(1e-5, 1.0).unwrap();
+            losses.push(train_step(model, &b).0);
         }
         assert_eq!(model.optimizer_steps(), 10);
         losses
@@ -131,8 +148,41 @@ fn smollm2_ten_steps_follow_cpu_and_repeat_bitwise() {
     let loaded = mappa::loader::load(&common::smollm2_gguf()).unwrap();
     let mut gpu_b: Box<dyn Model> = Box::new(CudaModel::new(&loaded).unwrap());
     assert_eq!(run(gpu_b.as_mut()), got, "a second GPU run gives the same losses, bit for bit");
-    let (wa, wb) = (gpu_a.weights().unwrap(), gpu_b.weights().unwrap());
-    for (name, t) in &wa.tensors {
-        assert!(t.bytes() == wb.get(name).unwrap().bytes(), "{name}: a second GPU run gives the same weights");
+    assert_same_weights(gpu_a.as_ref(), gpu_b.as_ref(), "a second GPU run gives the same weights");
+}
+
+/// Resume on the GPU as `mappa train --resume` does it: three steps, a checkpoint (the weights through the
+/// Hugging Face writer in f32, the optimizer state in its file), then the fourth step two ways, continued
+/// and from the checkpoint loaded into a new model. Loss, gradient norm and weights agree bit for bit.
+#[test]
+fn smollm2_resume_repeats_the_next_step_exactly() {
+    if gpu_or_skip("smollm2_resume_repeats_the_next_step_exactly").is_none() {
+        return;
     }
+    let b = Batch::new();
+    let loaded = mappa::loader::load(&common::smollm2_gguf()).unwrap();
+    let mut run = load_for_training(&loaded, Backend::Cuda).unwrap();
+    run.init_optimizer(AdamWConfig::default(), None).unwrap();
+    for _ in 0..3 {
+        train_step(run.as_mut(), &b);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = LoadedModel {
+        config: run.config().clone(),
+        weights: run.weights().unwrap(),
+        tokenizer: loaded.tokenizer.clone(),
+        path: dir.path().to_path_buf(),
+    };
+    write_dir(&ckpt, dir.path(), DType::F32).unwrap();
+    let opt_file = dir.path().join(OPTIMIZER_FILE);
+    run.save_optimizer(&opt_file).unwrap();
+    run.park_training_state().unwrap(); // as the trainer does after each update
+    let continued = train_step(run.as_mut(), &b);
+
+    let mut resumed = load_for_training(&mappa::loader::load(dir.path()).unwrap(), Backend::Cuda).unwrap();
+    resumed.init_optimizer(AdamWConfig::default(), Some(&opt_file)).unwrap();
+    assert_eq!(resumed.optimizer_steps(), 3);
+    assert_eq!(train_step(resumed.as_mut(), &b), continued, "the resumed step's loss and gradient norm");
+    assert_eq!(resumed.optimizer_steps(), 4);
+    assert_same_weights(run.as_ref(), resumed.as_ref(), "the resumed step gives the continued step's weights");
 }

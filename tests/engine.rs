@@ -151,6 +151,9 @@ impl Model for Fake {
         bail!("not a real model")
     }
     fn zero_grad(&mut self) {}
+    fn gradients(&self) -> Result<Vec<f32>> {
+        bail!("not a real model")
+    }
     fn init_optimizer(&mut self, _: AdamWConfig, _: Option<&Path>) -> Result<()> {
         bail!("not a real model")
     }

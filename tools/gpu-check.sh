@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.gpu-bin
 STAGE=/tmp/mappa-gpu-stage   # survives between calls while the device machine stays warm
-TESTS=(cuda_kernels cuda_attention cuda_sample cuda_model cuda_train cuda_train_model)
+TESTS=(cuda_kernels cuda_attention cuda_sample cuda_model cuda_train cuda_train_model train_reference)
 case "${1:-}" in
 build)
   rm -rf "$BIN" "$BIN.tar.xz" .gpu-model && mkdir -p "$BIN" .gpu-model

@@ -90,6 +90,13 @@ impl Model for CpuBackend {
         self.grads.resize(self.model.param_len(), 0.0);
     }
 
+    fn gradients(&self) -> Result<Vec<f32>> {
+        Ok(match self.grads.is_empty() {
+            true => vec![0.0; self.model.param_len()],
+            false => self.grads.clone(),
+        })
+    }
+
     fn init_optimizer(&mut self, config: AdamWConfig, saved: Option<&Path>) -> Result<()> {
         let opt = match saved {
             None => AdamW::new(self.model.params().iter().map(|p| (p.name.clone(), p.range.len())), config)?,

@@ -193,6 +193,17 @@ pub struct CudaModel {
 
 impl CudaModel {
     pub fn new(m: &LoadedModel) -> Result<CudaModel> {
+        CudaModel::build(m, false)
+    }
+
+    /// A model to be trained: its fp32 master weights start as `m`'s values exactly (kept in pinned host
+    /// memory until the first optimizer step), not as the bf16 weights widened. For a bf16 source the two
+    /// agree; for an f32 checkpoint this is what makes a resumed run continue bit for bit.
+    pub fn for_training(m: &LoadedModel) -> Result<CudaModel> {
+        CudaModel::build(m, true)
+    }
+
+    fn build(m: &LoadedModel, keep_master: bool) -> Result<CudaModel> {
         let gpu = Gpu::shared()?;
         let cpu = CpuModel::new(m)?;
         let c = &cpu.config;
@@ -208,6 +219,7 @@ impl CudaModel {
         );
         let weights = gpu.upload(&host).context("uploading the weights")?;
         drop(host);
+        let train = if keep_master { TrainState::with_master(&gpu, cpu.flat())? } else { TrainState::default() };
         let inv_freq = gpu.upload(cpu.rope.inv_freq())?;
         let params = cpu.params().to_vec();
         let head = cpu.head();
@@ -227,7 +239,6 @@ impl CudaModel {
             attention: None,
             sampler: Sampler::new(),
         };
-        let train = TrainState::default();
         Ok(CudaModel {
             gpu,
             config,
@@ -519,6 +530,10 @@ impl Model for CudaModel {
     fn zero_grad(&mut self) {
         // The interface cannot fail here; an allocation failure surfaces at the next use of the buffer.
         let _ = self.zero_grads();
+    }
+    fn gradients(&self) -> Result<Vec<f32>> {
+        self.gpu.ctx.bind_to_thread()?;
+        self.host_gradients()
     }
     fn init_optimizer(&mut self, config: AdamWConfig, saved: Option<&Path>) -> Result<()> {
         self.gpu.ctx.bind_to_thread()?;

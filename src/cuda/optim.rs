@@ -25,6 +25,13 @@ pub enum Parkable {
 }
 
 impl Parkable {
+    /// `values`, parked.
+    pub fn from_host(gpu: &Gpu, values: &[f32]) -> Result<Parkable> {
+        let mut h = unsafe { gpu.ctx.alloc_pinned::<f32>(values.len()) }?;
+        h.as_mut_slice()?.copy_from_slice(values);
+        Ok(Parkable::Host(h))
+    }
+
     pub fn park(&mut self, gpu: &Gpu) -> Result<()> {
         if let Parkable::Device(d) = self {
             let mut h = unsafe { gpu.ctx.alloc_pinned::<f32>(d.len()) }?;

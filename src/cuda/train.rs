@@ -94,6 +94,13 @@ pub(super) struct TrainState {
     opt: Option<GpuAdamW>,
 }
 
+impl TrainState {
+    /// No gradients or optimizer yet; the master weights `values`, parked in pinned host memory.
+    pub(super) fn with_master(gpu: &Gpu, values: &[f32]) -> Result<TrainState> {
+        Ok(TrainState { master: Some(Parkable::from_host(gpu, values)?), ..TrainState::default() })
+    }
+}
+
 impl CudaModel {
     /// Runs `p` through the model (recording the tape when `record`) up to the scored positions' hidden
     /// states; the checks are the CPU's (`forward_train`, `score`).
@@ -411,9 +418,8 @@ impl CudaModel {
         Ok(())
     }
 
-    /// A host copy of the gradient buffer (the arena's layout; zeros before any backward): for tests
-    /// against the CPU's `backward`.
-    pub fn gradients(&self) -> Result<Vec<f32>> {
+    /// A host copy of the gradient buffer (the arena's layout; zeros before any backward).
+    pub(super) fn host_gradients(&self) -> Result<Vec<f32>> {
         match &self.train.grads {
             Some(g) => self.gpu.download(&g.slice(..)),
             None => Ok(vec![0.0; self.weights.len()]),

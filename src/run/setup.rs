@@ -286,11 +286,11 @@ fn load_agents(cfg: &RunConfig, bases: &Bases, backend: Backend, ckpt: Option<&P
     for i in 0..cfg.agents.len() {
         let tc = trainer_config(cfg, i);
         agents.push(match ckpt {
-            None => Trainer::new(model::load(bases.model(i), backend)?, tc, None)?,
+            None => Trainer::new(model::load_for_training(bases.model(i), backend)?, tc, None)?,
             Some(ckpt) => {
                 let d = ckpt.join(&cfg.agents[i].name);
                 let m = crate::loader::load(&d)?;
-                Trainer::new(model::load(&m, backend)?, tc, Some(&d.join(checkpoint::OPTIMIZER_FILE)))?
+                Trainer::new(model::load_for_training(&m, backend)?, tc, Some(&d.join(checkpoint::OPTIMIZER_FILE)))?
             }
         });
     }

@@ -28,6 +28,13 @@ pub fn smollm2() -> &'static (mappa::cpu::CpuBackend, mappa::tokenizer::Tokenize
     })
 }
 
+/// The committed fixtures, `tests/data/<name>`: beside the sources where the binary was built, else under
+/// the working directory (the device machine runs the binaries from a copy of the tree elsewhere).
+pub fn test_data(name: &str) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    if built.is_dir() { built } else { PathBuf::from("tests/data") }.join(name)
+}
+
 pub fn reference() -> serde_json::Value {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/models/smollm2-135m-instruct-q4_1.reference.json");
     let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e}"));
