@@ -1,6 +1,7 @@
 //! SmolLM2-135M training on the CUDA backend against the CPU backend: scored log-probs and every
-//! parameter's gradient, ten optimizer steps, two GPU runs that must agree bit for bit, and a resumed step
-//! that repeats the continued one exactly. Skips (saying so) without a device.
+//! parameter's gradient, the same gradients with layers recomputed, ten optimizer steps, two GPU runs that
+//! must agree bit for bit, and a resumed step that repeats the continued one exactly. Skips (saying so)
+//! without a device.
 //!
 //! The CPU model here holds the same bf16-rounded weights as the GPU, so only the arithmetic differs: the
 //! GPU rounds every product's input (activations, gradients of activations) to bf16 and sums in another
@@ -94,6 +95,23 @@ fn smollm2_scores_and_gradients_match_cpu() {
         assert!(rel <= GRAD_REL_L2, "{}: gradient relative error {rel:.4} (norm {norm:.3e})", p.name);
     }
     println!("gradients: worst relative L2 error {:.4} ({})", worst.0, worst.1);
+}
+
+/// Recomputing layer internals in the backward (`recompute`) runs the same kernels on the same inputs, so
+/// the gradients equal those of a pass that kept every activation, bit for bit.
+#[test]
+fn smollm2_recompute_gives_the_same_gradients_bitwise() {
+    let Some((mut gpu, _)) = models("smollm2_recompute_gives_the_same_gradients_bitwise") else { return };
+    let b = Batch::new();
+    let mut grads = |recompute: bool| {
+        gpu.zero_grad();
+        let coef = b.coef.clone();
+        gpu.forward_backward(b.packed(), 1.0, recompute, &mut |_: &[f32]| Ok(coef.clone())).unwrap();
+        gpu.gradients().unwrap()
+    };
+    let kept = grads(false);
+    assert!(kept.iter().any(|&g| g != 0.0), "the gradient is not all zero");
+    assert!(grads(true) == kept, "recomputed layers give the same gradients");
 }
 
 /// One of the trainer's steps on `b` (gradients zeroed, forward + backward, AdamW at lr 1e-5, clipped at

@@ -47,7 +47,7 @@ use crate::model::{check_step, Backend, KvPool, Model, Packed, Sampled, StepBatc
 use crate::optim::AdamWConfig;
 use crate::tensor::Weights;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use std::any::Any;
 use std::ops::Range;
@@ -147,6 +147,12 @@ fn kept<T>(o: Option<CudaSlice<T>>) -> Result<CudaSlice<T>> {
 /// A device buffer that grows to the largest size asked of it.
 pub(super) struct Grow<T>(pub(super) Option<CudaSlice<T>>);
 
+impl<T> Default for Grow<T> {
+    fn default() -> Self {
+        Grow(None)
+    }
+}
+
 impl<T: DeviceRepr + ValidAsZeroBits> Grow<T> {
     fn get(&mut self, gpu: &Gpu, n: usize) -> Result<&mut CudaSlice<T>> {
         if self.0.as_ref().is_none_or(|b| b.len() < n) {
@@ -160,6 +166,17 @@ impl<T: DeviceRepr + ValidAsZeroBits> Grow<T> {
 /// Scratch of a step, kept between steps (`step` takes `&self`, so it sits behind a lock).
 pub(super) struct Work {
     meta: Grow<i32>,
+    pub(super) layer: LayerBufs,
+    pub(super) head_in: Grow<bf16>,
+    logits: Grow<f32>,
+    /// Built for the block size of the pool it last ran on.
+    pub(super) attention: Option<(usize, Attention)>,
+    sampler: Sampler,
+}
+
+/// The buffers a layer's forward writes (`LayerScratch` once sized for a step).
+#[derive(Default)]
+pub(super) struct LayerBufs {
     x: Grow<f32>,
     delta: Grow<f32>,
     h: Grow<bf16>,
@@ -168,11 +185,78 @@ pub(super) struct Work {
     att: Grow<bf16>,
     gate_up: Grow<bf16>,
     act: Grow<bf16>,
-    pub(super) head_in: Grow<bf16>,
-    logits: Grow<f32>,
-    /// Built for the block size of the pool it last ran on.
-    attention: Option<(usize, Attention)>,
-    sampler: Sampler,
+}
+
+/// A layer's forward buffers for `t` rows: the residual stream `x` (fp32), the previous block's output
+/// `delta`, the normalised rows `h`, then each value the layer makes in turn.
+pub(super) struct LayerScratch<'w> {
+    pub x: &'w mut CudaSlice<f32>,
+    pub delta: &'w mut CudaSlice<f32>,
+    pub h: &'w mut CudaSlice<bf16>,
+    pub qkv: &'w mut CudaSlice<f32>,
+    pub q: &'w mut CudaSlice<bf16>,
+    pub att: &'w mut CudaSlice<bf16>,
+    pub gate_up: &'w mut CudaSlice<bf16>,
+    pub act: &'w mut CudaSlice<bf16>,
+}
+
+impl LayerBufs {
+    pub(super) fn get(&mut self, gpu: &Gpu, c: &ModelConfig, t: usize) -> Result<LayerScratch<'_>> {
+        let (d, qd, kvd, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        Ok(LayerScratch {
+            x: self.x.get(gpu, t * d)?,
+            delta: self.delta.get(gpu, t * d)?,
+            h: self.h.get(gpu, t * d)?,
+            qkv: self.qkv.get(gpu, t * (qd + 2 * kvd))?,
+            q: self.q.get(gpu, t * qd)?,
+            att: self.att.get(gpu, t * qd)?,
+            gate_up: self.gate_up.get(gpu, t * 2 * f)?,
+            act: self.act.get(gpu, t * f)?,
+        })
+    }
+}
+
+/// A step's rows as a layer reads them: how many, and each one's position and KV pool slot.
+pub(super) struct LayerRows<'a> {
+    pub t: usize,
+    pub positions: &'a CudaView<'a, i32>,
+    pub slots: &'a CudaView<'a, i32>,
+}
+
+/// What a recording forward keeps of each layer for the backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Record {
+    Nothing,
+    /// Only the layer's input: the backward recomputes the rest (`recompute_layer`).
+    Inputs,
+    All,
+}
+
+/// A layer's saved forward values.
+pub(super) enum Saved {
+    All(Box<LayerTape>),
+    Input(CudaSlice<f32>),
+}
+
+/// `slot`'s attention, built for block size `bs` if it was not, and planned for `rows` (`(sequence, position)`
+/// of each row) over `tables`.
+pub(super) fn planned_attention<'s>(
+    gpu: &Gpu,
+    c: &ModelConfig,
+    slot: &'s mut Option<(usize, Attention)>,
+    bs: usize,
+    rows: &[(usize, usize)],
+    tables: &[&[u32]],
+) -> Result<&'s mut Attention> {
+    if slot.as_ref().is_none_or(|(b, _)| *b != bs) {
+        let s = AttnShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, block_size: bs };
+        let mut a = Attention::new(s)?;
+        a.set_split_len(Some(DECODE_SPLIT_KEYS))?;
+        *slot = Some((bs, a));
+    }
+    let attention = &mut slot.as_mut().expect("set above").1;
+    attention.plan(gpu, rows, tables)?;
+    Ok(attention)
 }
 
 pub struct CudaModel {
@@ -226,14 +310,7 @@ impl CudaModel {
         let CpuModel { config, embed, norm, layers, .. } = cpu;
         let work = Work {
             meta: Grow(None),
-            x: Grow(None),
-            delta: Grow(None),
-            h: Grow(None),
-            qkv: Grow(None),
-            q: Grow(None),
-            att: Grow(None),
-            gate_up: Grow(None),
-            act: Grow(None),
+            layer: LayerBufs::default(),
             head_in: Grow(None),
             logits: Grow(None),
             attention: None,
@@ -268,7 +345,7 @@ impl CudaModel {
         let (gpu, c) = (&*self.gpu, &self.config);
         // cuBLASLt uses the calling thread's current context, and the engine may run on any thread.
         gpu.ctx.bind_to_thread()?;
-        let (d, qd, kvd, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let (d, f) = (c.hidden_size, c.intermediate_size);
         let bs = pool.block_size;
         // Metadata, one upload: token ids, positions, pool slots, then the sampled rows.
         let (mut tokens, mut positions, mut slots, mut picked, mut rows) =
@@ -288,7 +365,6 @@ impl CudaModel {
         if let Some(p) = &pass {
             picked = p.picked.clone();
         }
-        let record = pass.as_ref().is_some_and(|p| p.record);
         let (t, n) = (tokens.len(), picked.len());
         let meta: Vec<i32> = [tokens, positions, slots, picked].concat();
         let dev_meta = w.meta.get(gpu, meta.len())?;
@@ -298,19 +374,8 @@ impl CudaModel {
         let meta = &*dev_meta;
         let tok_view = unsafe { meta.transmute::<u32>(t) }.ok_or_else(|| anyhow!("metadata buffer too small"))?;
         let (pos_v, slot_v, pick_v) = (meta.slice(t..2 * t), meta.slice(2 * t..3 * t), meta.slice(3 * t..3 * t + n));
-        let shape = QkvShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, eps: c.rms_norm_eps };
-        if w.attention.as_ref().is_none_or(|(b, _)| *b != bs) {
-            let s = AttnShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, block_size: bs };
-            let mut a = Attention::new(s)?;
-            a.set_split_len(Some(DECODE_SPLIT_KEYS))?;
-            w.attention = Some((bs, a));
-        }
-        let attention = &mut w.attention.as_mut().expect("set above").1;
-        attention.plan(gpu, &rows, &tables)?;
-        // Every scratch buffer at once (disjoint fields), sized for this step.
-        let (x, delta, h) = (w.x.get(gpu, t * d)?, w.delta.get(gpu, t * d)?, w.h.get(gpu, t * d)?);
-        let (qkv_buf, q, att) = (w.qkv.get(gpu, t * (qd + 2 * kvd))?, w.q.get(gpu, t * qd)?, w.att.get(gpu, t * qd)?);
-        let (gu, act) = (w.gate_up.get(gpu, t * 2 * f)?, w.act.get(gpu, t * f)?);
+        let attention = planned_attention(gpu, c, &mut w.attention, bs, &rows, &tables)?;
+        let mut s = w.layer.get(gpu, c, t)?;
         let head_in = w.head_in.get(gpu, n.max(1) * d)?;
         // A scoring pass never makes logits (the fused head reads head_in): no [n, vocab] buffer for it.
         let logits = match pass {
@@ -318,103 +383,31 @@ impl CudaModel {
             Some(_) => None,
         };
         let (wt, eps) = (&self.weights, c.rms_norm_eps);
+        let record = pass.as_ref().map_or(Record::Nothing, |p| p.record);
 
-        norm::embed(gpu, &mut x.slice_mut(..), &wt.slice(self.embed.clone()), &tok_view, d)?;
+        norm::embed(gpu, &mut s.x.slice_mut(..), &wt.slice(self.embed.clone()), &tok_view, d)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let prev = (l > 0).then(|| delta.slice(..));
-            let attn_norm = wt.slice(layer.attn_norm.clone());
-            norm::add_rmsnorm(
-                gpu,
-                &mut x.slice_mut(..),
-                prev.as_ref(),
-                &mut h.slice_mut(..),
-                &attn_norm,
-                Rows::First(t),
-                eps,
-            )?;
-            let (x_in, h_attn) = (keep(gpu, record, x, t * d)?, keep(gpu, record, h, t * d)?);
-            let w_qkv = wt.slice(layer.w_qkv.clone());
-            gpu.blas.linear(&mut qkv_buf.slice_mut(..), &h.slice(..), &w_qkv, t, d, qd + 2 * kvd, false)?;
-            let qkv_raw = keep(gpu, record, qkv_buf, t * (qd + 2 * kvd))?;
-            let (kp, vp) = (pool.plane_start(l, 0), pool.plane_start(l, 1));
-            let (mut k_part, mut v_part) = pool.buf.split_at_mut(vp);
-            let (mut k_pool, mut v_pool) = (k_part.slice_mut(kp..), v_part.slice_mut(0..pool.plane));
-            let bias = layer.b_qkv.clone().map(|r| wt.slice(r));
-            let norms = layer.qk_norm.clone().map(|[a, b]| (wt.slice(a), wt.slice(b)));
-            let extras = QkvExtras { bias: bias.as_ref(), norms: norms.as_ref().map(|(a, b)| (a, b)) };
-            let (qkv_in, freq) = (qkv_buf.slice(..), self.inv_freq.slice(..));
-            qkv::qkv_rope_append(
-                gpu,
-                &mut q.slice_mut(..),
-                &mut k_pool,
-                &mut v_pool,
-                &qkv_in,
-                extras,
-                &freq,
-                &pos_v,
-                &slot_v,
-                shape,
-            )?;
-            attention.run(gpu, &mut att.slice_mut(..), &q.slice(..), &k_pool.slice(..), &v_pool.slice(..))?;
-            let (q_kept, att_kept) = (keep(gpu, record, q, t * qd)?, keep(gpu, record, att, t * qd)?);
-            gpu.blas.linear(&mut delta.slice_mut(..), &att.slice(..), &wt.slice(layer.wo.clone()), t, qd, d, false)?;
-            let mlp_norm = wt.slice(layer.mlp_norm.clone());
-            norm::add_rmsnorm(
-                gpu,
-                &mut x.slice_mut(..),
-                Some(&delta.slice(..)),
-                &mut h.slice_mut(..),
-                &mlp_norm,
-                Rows::First(t),
-                eps,
-            )?;
-            let (x_mid, h_mlp) = (keep(gpu, record, x, t * d)?, keep(gpu, record, h, t * d)?);
-            gpu.blas.linear(
-                &mut gu.slice_mut(..),
-                &h.slice(..),
-                &wt.slice(layer.w_gate_up.clone()),
-                t,
-                d,
-                2 * f,
-                false,
-            )?;
-            swiglu(gpu, &mut act.slice_mut(..), &gu.slice(..), t, f)?;
-            if let Some(p) = pass.as_mut().filter(|p| p.record) {
-                p.layers.push(LayerTape {
-                    x_in: kept(x_in)?,
-                    h_attn: kept(h_attn)?,
-                    qkv: kept(qkv_raw)?,
-                    q: kept(q_kept)?,
-                    att: kept(att_kept)?,
-                    x_mid: kept(x_mid)?,
-                    h_mlp: kept(h_mlp)?,
-                    gate_up: kept(keep(gpu, true, gu, t * 2 * f)?)?,
-                    act: kept(keep(gpu, true, act, t * f)?)?,
-                });
+            let rows = LayerRows { t, positions: &pos_v, slots: &slot_v };
+            let saved = self.layer_forward(l, &mut s, l > 0, pool, attention, rows, record)?;
+            if let (Some(p), Some(saved)) = (pass.as_mut(), saved) {
+                p.layers.push(saved);
             }
-            gpu.blas.linear(
-                &mut delta.slice_mut(..),
-                &act.slice(..),
-                &wt.slice(layer.w_down.clone()),
-                t,
-                f,
-                d,
-                false,
-            )?;
+            let w_down = wt.slice(layer.w_down.clone());
+            gpu.blas.linear(&mut s.delta.slice_mut(..), &s.act.slice(..), &w_down, t, f, d, false)?;
         }
         if n > 0 {
             let final_norm = wt.slice(self.norm.clone());
             norm::add_rmsnorm(
                 gpu,
-                &mut x.slice_mut(..),
-                Some(&delta.slice(..)),
+                &mut s.x.slice_mut(..),
+                Some(&s.delta.slice(..)),
                 &mut head_in.slice_mut(..),
                 &final_norm,
                 Rows::Picked(&pick_v),
                 eps,
             )?;
             if let Some(p) = pass {
-                p.x_final = keep(gpu, p.record, x, t * d)?;
+                p.x_final = keep(gpu, p.record != Record::Nothing, s.x, t * d)?;
                 return Ok(n);
             }
             let head = wt.slice(self.head.clone());
@@ -422,6 +415,96 @@ impl CudaModel {
             gpu.blas.linear(&mut logits.slice_mut(..), &head_in.slice(..), &head, n, d, c.vocab_size, false)?;
         }
         Ok(n)
+    }
+
+    /// Layer `l` over a step's rows: the residual stream `s.x` (first grown by the previous layer's output,
+    /// `s.delta`, when `add_prev`) through attention (its keys and values written to `pool`) and its residual
+    /// add, then the MLP up to its activation `s.act` (the down projection is the caller's, into `s.delta`).
+    /// Returns what `record` keeps for the backward: every value, or only the layer's input (from which
+    /// `recompute_layer` makes the rest again).
+    #[allow(clippy::too_many_arguments)] // the step's buffers, pool, plan and rows
+    pub(super) fn layer_forward(
+        &self,
+        l: usize,
+        s: &mut LayerScratch,
+        add_prev: bool,
+        pool: &mut CudaKvPool,
+        attention: &mut Attention,
+        rows: LayerRows,
+        record: Record,
+    ) -> Result<Option<Saved>> {
+        let (gpu, c, layer, wt) = (&*self.gpu, &self.config, &self.layers[l], &self.weights);
+        let (t, d, qd, kvd, f, eps) =
+            (rows.t, c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.rms_norm_eps);
+        let all = record == Record::All;
+        let prev = add_prev.then(|| s.delta.slice(..));
+        let attn_norm = wt.slice(layer.attn_norm.clone());
+        norm::add_rmsnorm(
+            gpu,
+            &mut s.x.slice_mut(..),
+            prev.as_ref(),
+            &mut s.h.slice_mut(..),
+            &attn_norm,
+            Rows::First(t),
+            eps,
+        )?;
+        let (x_in, h_attn) = (keep(gpu, record != Record::Nothing, s.x, t * d)?, keep(gpu, all, s.h, t * d)?);
+        let w_qkv = wt.slice(layer.w_qkv.clone());
+        gpu.blas.linear(&mut s.qkv.slice_mut(..), &s.h.slice(..), &w_qkv, t, d, qd + 2 * kvd, false)?;
+        let qkv_raw = keep(gpu, all, s.qkv, t * (qd + 2 * kvd))?;
+        let (kp, vp) = (pool.plane_start(l, 0), pool.plane_start(l, 1));
+        let (mut k_part, mut v_part) = pool.buf.split_at_mut(vp);
+        let (mut k_pool, mut v_pool) = (k_part.slice_mut(kp..), v_part.slice_mut(0..pool.plane));
+        let bias = layer.b_qkv.clone().map(|r| wt.slice(r));
+        let norms = layer.qk_norm.clone().map(|[a, b]| (wt.slice(a), wt.slice(b)));
+        let extras = QkvExtras { bias: bias.as_ref(), norms: norms.as_ref().map(|(a, b)| (a, b)) };
+        let shape = QkvShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, eps };
+        let (qkv_in, freq) = (s.qkv.slice(..), self.inv_freq.slice(..));
+        qkv::qkv_rope_append(
+            gpu,
+            &mut s.q.slice_mut(..),
+            &mut k_pool,
+            &mut v_pool,
+            &qkv_in,
+            extras,
+            &freq,
+            rows.positions,
+            rows.slots,
+            shape,
+        )?;
+        attention.run(gpu, &mut s.att.slice_mut(..), &s.q.slice(..), &k_pool.slice(..), &v_pool.slice(..))?;
+        let (q_kept, att_kept) = (keep(gpu, all, s.q, t * qd)?, keep(gpu, all, s.att, t * qd)?);
+        gpu.blas.linear(&mut s.delta.slice_mut(..), &s.att.slice(..), &wt.slice(layer.wo.clone()), t, qd, d, false)?;
+        let mlp_norm = wt.slice(layer.mlp_norm.clone());
+        let delta = s.delta.slice(..);
+        norm::add_rmsnorm(
+            gpu,
+            &mut s.x.slice_mut(..),
+            Some(&delta),
+            &mut s.h.slice_mut(..),
+            &mlp_norm,
+            Rows::First(t),
+            eps,
+        )?;
+        let (x_mid, h_mlp) = (keep(gpu, all, s.x, t * d)?, keep(gpu, all, s.h, t * d)?);
+        let w_gate_up = wt.slice(layer.w_gate_up.clone());
+        gpu.blas.linear(&mut s.gate_up.slice_mut(..), &s.h.slice(..), &w_gate_up, t, d, 2 * f, false)?;
+        swiglu(gpu, &mut s.act.slice_mut(..), &s.gate_up.slice(..), t, f)?;
+        Ok(match record {
+            Record::Nothing => None,
+            Record::Inputs => Some(Saved::Input(kept(x_in)?)),
+            Record::All => Some(Saved::All(Box::new(LayerTape {
+                x_in: kept(x_in)?,
+                h_attn: kept(h_attn)?,
+                qkv: kept(qkv_raw)?,
+                q: kept(q_kept)?,
+                att: kept(att_kept)?,
+                x_mid: kept(x_mid)?,
+                h_mlp: kept(h_mlp)?,
+                gate_up: kept(keep(gpu, true, s.gate_up, t * 2 * f)?)?,
+                act: kept(keep(gpu, true, s.act, t * f)?)?,
+            }))),
+        })
     }
 
     /// Logits `[n, vocab]` of the last token of each sequence of `batch` that samples, downloaded (no
@@ -516,16 +599,15 @@ impl Model for CudaModel {
     fn sequence_top_logprobs(&self, _p: Packed, _t: f32, _k: usize) -> Result<(Vec<f32>, Vec<Vec<(u32, f32)>>)> {
         bail!("top log-probs of a scored sequence (echo with logprobs) are not supported on the cuda backend yet; use the cpu backend")
     }
-    /// `recompute` is accepted and ignored: the GPU pass keeps every layer's activations.
     fn forward_backward(
         &mut self,
         p: Packed,
         temperature: f32,
-        _recompute: bool,
+        recompute: bool,
         loss: &mut crate::model::LossFn,
     ) -> Result<()> {
         self.gpu.ctx.bind_to_thread()?;
-        self.train_packed(p, temperature, loss)
+        self.train_packed(p, temperature, recompute, loss)
     }
     fn zero_grad(&mut self) {
         // The interface cannot fail here; an allocation failure surfaces at the next use of the buffer.

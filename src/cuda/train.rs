@@ -3,8 +3,10 @@
 //!
 //! A packed batch runs through the inference forward (`CudaModel::forward`) as one prefill step on a KV pool
 //! sized for it, each sequence from position 0 in its own blocks; recording keeps each layer's
-//! inputs and activations (the tape) and the pool keeps its keys and values. The scored positions' final
-//! hidden states go through the fused LM head (`lm_head`); the loss runs on the host on the downloaded
+//! inputs and activations (the tape) and the pool keeps its keys and values. With `recompute` only each
+//! layer's input is kept (for the Qwen2.5-0.5B shape, 3.5 KB a token and layer instead of 47 KB) and the
+//! backward runs the layer's forward again from it, one layer at a time (`recompute_layer`). The scored
+//! positions' final hidden states go through the fused LM head (`lm_head`); the loss runs on the host on the downloaded
 //! log-probs (the trainer's closure, as on the CPU); the backward walks the layers in reverse:
 //! ```text
 //! d hidden -> final norm backward -> per layer, last first:
@@ -21,7 +23,7 @@
 use super::attention_backward::{attention_backward, PackedShape};
 use super::colsum::colsum;
 use super::lm_head::{chunk_rows, LmHead};
-use super::model::{CudaKvPool, CudaModel};
+use super::model::{planned_attention, CudaKvPool, CudaModel, LayerRows, Record, Saved, Work};
 use super::norm::{self, EmbedGrad};
 use super::optim::{GpuAdamW, Parkable};
 use super::qkv::{self, QkvExtras, QkvShape, QkvWeightGrads};
@@ -59,8 +61,8 @@ pub(super) struct LayerTape {
 pub(super) struct PackedPass {
     /// Packed rows whose hidden state goes to the head: the scored positions.
     pub picked: Vec<i32>,
-    pub record: bool,
-    pub layers: Vec<LayerTape>,
+    pub record: Record,
+    pub layers: Vec<Saved>,
     /// The residual stream after the last layer (valid at the picked rows).
     pub x_final: Option<CudaSlice<f32>>,
 }
@@ -75,6 +77,10 @@ struct Forward {
     /// Per packed row: its KV pool slot and its position in its sequence.
     slots: CudaSlice<i32>,
     positions: CudaSlice<i32>,
+    /// Per packed row, (sequence, position) among the non-empty sequences, and their block tables: what
+    /// plans the attention of a recomputed layer.
+    rows: Vec<(usize, usize)>,
+    tables: Vec<Vec<u32>>,
     tokens: Vec<u32>,
     seq_lens: Vec<usize>,
     t: usize,
@@ -104,7 +110,7 @@ impl TrainState {
 impl CudaModel {
     /// Runs `p` through the model (recording the tape when `record`) up to the scored positions' hidden
     /// states; the checks are the CPU's (`forward_train`, `score`).
-    fn forward_packed(&self, p: Packed, record: bool) -> Result<Forward> {
+    fn forward_packed(&self, p: Packed, record: Record) -> Result<Forward> {
         let (gpu, c) = (&*self.gpu, &self.config);
         check_tokens(c, p.tokens)?;
         let total: usize = p.seq_lens.iter().sum();
@@ -122,9 +128,11 @@ impl CudaModel {
             next += b as u32;
         }
         let (mut seqs, mut slots, mut positions, mut off) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut rows = Vec::new();
         for (&len, table) in p.seq_lens.iter().zip(&tables) {
             if len > 0 {
                 let tokens = &p.tokens[off..off + len];
+                rows.extend((0..len).map(|i| (seqs.len(), i)));
                 seqs.push(StepSeq { tokens, pos: 0, block_table: table, sample: None, allowed: None });
             }
             for i in 0..len {
@@ -141,6 +149,7 @@ impl CudaModel {
         let n = self.forward(&mut w, pool_ref, &batch, Some(&mut pass))?;
         let head_in = w.head_in.0.as_ref().context("the forward made the head's input")?;
         let hidden = gpu.stream.clone_dtod(&head_in.slice(..n * c.hidden_size))?;
+        let tables = tables.into_iter().zip(p.seq_lens).filter(|(_, &len)| len > 0).map(|(t, _)| t).collect();
         Ok(Forward {
             pass,
             pool,
@@ -148,6 +157,8 @@ impl CudaModel {
             targets: gpu.upload(&targets)?,
             slots: gpu.upload(&slots)?,
             positions: gpu.upload(&positions)?,
+            rows,
+            tables,
             tokens: p.tokens.to_vec(),
             seq_lens: p.seq_lens.to_vec(),
             t: total,
@@ -171,14 +182,21 @@ impl CudaModel {
 
     /// log π(next token) at `p.positions`, forward only.
     pub(super) fn score_packed(&self, p: Packed, temperature: f32) -> Result<Vec<f32>> {
-        let f = self.forward_packed(p, false)?;
+        let f = self.forward_packed(p, Record::Nothing)?;
         let out = self.head(&f, temperature).logprobs(&self.gpu, false)?;
         self.gpu.download(&out.logp.slice(..))
     }
 
-    /// Scores `p`, asks `loss` for d loss / d logp, and adds the gradient into the gradient buffer.
-    pub(super) fn train_packed(&mut self, p: Packed, temperature: f32, loss: &mut LossFn) -> Result<()> {
-        let f = self.forward_packed(p, true)?;
+    /// Scores `p`, asks `loss` for d loss / d logp, and adds the gradient into the gradient buffer. With
+    /// `recompute` the forward keeps only each layer's input and the backward makes the rest again.
+    pub(super) fn train_packed(
+        &mut self,
+        p: Packed,
+        temperature: f32,
+        recompute: bool,
+        loss: &mut LossFn,
+    ) -> Result<()> {
+        let mut f = self.forward_packed(p, if recompute { Record::Inputs } else { Record::All })?;
         let head = self.head(&f, temperature);
         let out = head.logprobs(&self.gpu, false)?;
         let logp = self.gpu.download(&out.logp.slice(..))?;
@@ -189,7 +207,7 @@ impl CudaModel {
             Some(g) => g,
             None => self.gpu.zeros::<f32>(self.weights.len())?,
         };
-        let result = self.backward(&f, &out.lse.slice(..), &dlogp.slice(..), temperature, &mut grads);
+        let result = self.backward(&mut f, &out.lse.slice(..), &dlogp.slice(..), temperature, &mut grads);
         self.train.grads = Some(grads);
         result
     }
@@ -197,7 +215,7 @@ impl CudaModel {
     /// The backward pass of a recorded forward (module docs), into `grads`.
     fn backward(
         &self,
-        f: &Forward,
+        f: &mut Forward,
         lse: &CudaView<f32>,
         dlogp: &CudaView<f32>,
         temperature: f32,
@@ -237,7 +255,17 @@ impl CudaModel {
         let shape = QkvShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, eps };
         let packed = PackedShape { seq_lens: &f.seq_lens, n_heads: c.num_heads, n_kv: c.num_kv_heads, hd: c.head_dim };
 
-        for (l, (layer, tape)) in self.layers.iter().zip(&f.pass.layers).enumerate().rev() {
+        for (l, layer) in self.layers.iter().enumerate().rev() {
+            let recomputed;
+            let tape: &LayerTape = match &f.pass.layers[l] {
+                Saved::All(tape) => tape,
+                Saved::Input(x_in) => {
+                    let tables: Vec<&[u32]> = f.tables.iter().map(Vec::as_slice).collect();
+                    let at = LayerAt { rows: &f.rows, tables: &tables, positions: &f.positions, slots: &f.slots, t };
+                    recomputed = self.recompute_layer(l, x_in, &mut f.pool, at)?;
+                    &recomputed
+                }
+            };
             // MLP: dr holds d(its output).
             self.linear_backward(grads, &layer.w_down, &mut d_act, &res.dr16, &tape.act, t, f_dim, d)?;
             swiglu_backward(gpu, &mut d_gu.slice_mut(..), &d_act.slice(..), &tape.gate_up.slice(..), t, f_dim)?;
@@ -296,6 +324,42 @@ impl CudaModel {
         }
         // dr now holds d(embedding rows).
         norm::embed_backward(gpu, &mut range_mut(grads, &self.embed), &res.dr.slice(..), &EmbedGrad::new(&f.tokens), d)
+    }
+}
+
+/// Where a packed pass's rows lie, for a recomputed layer: (sequence, position) per row with the block
+/// tables (the attention plan), and per row its position and KV pool slot on the device.
+struct LayerAt<'a> {
+    rows: &'a [(usize, usize)],
+    tables: &'a [&'a [u32]],
+    positions: &'a CudaSlice<i32>,
+    slots: &'a CudaSlice<i32>,
+    t: usize,
+}
+
+impl CudaModel {
+    /// Layer `l`'s whole tape, made again from its saved input by the same forward code (a forward with
+    /// `Record::Inputs` kept only that). It writes the layer's keys and values into `pool` again, the same
+    /// values, since every kernel is deterministic.
+    fn recompute_layer(
+        &self,
+        l: usize,
+        x_in: &CudaSlice<f32>,
+        pool: &mut CudaKvPool,
+        at: LayerAt,
+    ) -> Result<LayerTape> {
+        let (gpu, c) = (&*self.gpu, &self.config);
+        let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
+        let Work { layer, attention, .. } = &mut *w;
+        let attention = planned_attention(gpu, c, attention, BLOCK, at.rows, at.tables)?;
+        let mut s = layer.get(gpu, c, at.t)?;
+        gpu.stream.memcpy_dtod(&x_in.slice(..), &mut s.x.slice_mut(..at.t * c.hidden_size))?;
+        let (positions, slots) = (at.positions.slice(..), at.slots.slice(..));
+        let rows = LayerRows { t: at.t, positions: &positions, slots: &slots };
+        match self.layer_forward(l, &mut s, false, pool, attention, rows, Record::All)? {
+            Some(Saved::All(tape)) => Ok(*tape),
+            _ => Err(anyhow!("a recomputed layer kept no tape")),
+        }
     }
 }
 
