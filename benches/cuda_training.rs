@@ -5,7 +5,8 @@
 //!   PyTorch eager and Liger-Kernel runs on the same shapes;
 //! - train_step: a full step through the model interface (forward with tape, loss on the host, backward,
 //!   clipped AdamW) on SmolLM2-135M and on the Qwen2.5-0.5B shape with random weights, 4 sequences of
-//!   1,024 tokens; tokens/s and MFU against the bf16 GEMM ceiling measured here, with the model FLOPs per
+//!   4,096 tokens, keeping every activation and with layers recomputed; tokens/s and MFU against the bf16
+//!   GEMM ceiling measured here, with the model FLOPs per
 //!   token taken as 6 N (N = parameters in the products, the head included) + 6 L s q_dim (causal attention,
 //!   s the sequence length).
 //! Medians of REPS runs (default 5) after a warm-up; one JSON object per measurement.
@@ -77,7 +78,7 @@ fn main() {
     let path = mappa::loader::setup_home().expect("HOME or MAPPA_HOME").join(mappa::loader::SMOLLM2_GGUF);
     let smollm2 = mappa::loader::load(&path).expect("SmolLM2 missing: run tools/setup.sh");
     let qwen = random_model(qwen_05b(), smollm2.tokenizer.clone());
-    let (seqs, len) = (4usize, 1024usize);
+    let (seqs, len) = (4usize, 4096usize); // 4k-token sequences, 16k tokens a step
     for (name, loaded) in [("SmolLM2-135M-Instruct", &smollm2), ("Qwen2.5-0.5B shape, random weights", &qwen)] {
         let c = loaded.config.clone();
         let mut model = CudaModel::new(loaded).expect("the model on the GPU");
@@ -87,24 +88,27 @@ fn main() {
         let positions: Vec<usize> = (0..seqs).flat_map(|s| s * len..(s + 1) * len - 1).collect();
         let coef: Vec<f32> = positions.iter().map(|&p| if p % 3 == 0 { 1e-3 } else { -1e-3 }).collect();
         let packed = Packed { tokens: &tokens, seq_lens: &seq_lens, positions: &positions };
-        let mut run = || {
-            let start = Instant::now();
-            model.zero_grad();
-            model.forward_backward(packed, 1.0, false, &mut |_: &[f32]| Ok(coef.clone())).unwrap();
-            model.optimizer_step(1e-6, 1.0).unwrap(); // waits for the step (it reads the norm back)
-            start.elapsed().as_secs_f64()
-        };
-        run();
-        let secs = median((0..reps).map(|_| run()).collect());
         let n_params = c.num_layers
             * ((c.q_dim() + 2 * c.kv_dim()) * c.hidden_size
                 + c.q_dim() * c.hidden_size
                 + 3 * c.intermediate_size * c.hidden_size)
             + c.vocab_size * c.hidden_size;
+        // MFU counts the model's FLOPs only (not a recompute's extra forward).
         let flops_per_token = 6.0 * n_params as f64 + 6.0 * (c.num_layers * len * c.q_dim()) as f64;
-        let tps = (seqs * len) as f64 / secs;
-        bench.emit(json!({"bench": "train_step", "model": name, "sequences": seqs, "seq_len": len, "ms": secs * 1e3,
-                    "tokens_per_s": tps, "mfu": tps * flops_per_token / (peak_tflops * 1e12),
-                    "gemm_tflops": peak_tflops}));
+        for recompute in [false, true] {
+            let mut run = || {
+                let start = Instant::now();
+                model.zero_grad();
+                model.forward_backward(packed, 1.0, recompute, &mut |_: &[f32]| Ok(coef.clone())).unwrap();
+                model.optimizer_step(1e-6, 1.0).unwrap(); // waits for the step (it reads the norm back)
+                start.elapsed().as_secs_f64()
+            };
+            run();
+            let secs = median((0..reps).map(|_| run()).collect());
+            let tps = (seqs * len) as f64 / secs;
+            bench.emit(json!({"bench": "train_step", "model": name, "sequences": seqs, "seq_len": len,
+                        "recompute": recompute, "ms": secs * 1e3, "tokens_per_s": tps,
+                        "mfu": tps * flops_per_token / (peak_tflops * 1e12), "gemm_tflops": peak_tflops}));
+        }
     }
 }

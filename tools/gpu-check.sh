@@ -71,6 +71,23 @@ run)
     skipped=$(grep -c '^SKIPPED' "$logs/$name.log" || true)
     rows+=("$(printf '%-22s %-7s skipped %-3s %s' "$name" "$status" "$skipped" "$summary")")
   done
+  # The README's main job on the GPU, end to end (rollouts, rule coach, training, a checkpoint each step,
+  # evaluation, report) with the device's memory sampled every 0.2 s; then its last checkpoint dropped and
+  # the run resumed: the step comes out again with the same weights, byte for byte.
+  run="$STAGE/run"; rm -rf "$run"
+  ( while nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; do sleep 0.2; done ) > "$logs/train_memory.txt" 2>/dev/null &
+  monitor=$!
+  e2e() {
+    "$BIN/mappa" train --set run.backend=cuda --set rl.checkpoint_every=1 --set "run.dir=$run" || return 1
+    last=$(ls -d "$run"/checkpoints/step-* | tail -1) && cp -r "$last" "$run/first-try" && rm -rf "$last"
+    "$BIN/mappa" train --resume "$run" || return 1
+    for agent in "$run"/first-try/*/; do
+      cmp "$agent/model.safetensors" "$last/$(basename "$agent")/model.safetensors" || return 1
+    done
+  }
+  e2e > "$logs/train_e2e.log" 2>&1 && status=ok || status=FAILED
+  kill "$monitor" 2>/dev/null || true
+  rows+=("$(printf '%-22s %-7s peak device memory %s MiB' train_e2e "$status" "$(sort -n "$logs/train_memory.txt" | tail -1)")")
   # Benchmarks: ours, then the transformers peer on the same prompts, joined by batch.
   BENCH_PROMPTS="$logs/prompts.json" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
     && status=ok || status=FAILED
