@@ -7,7 +7,8 @@
 #                                              # .gpu-model/1 and .gpu-model/2 (all git-ignored)
 #   device: bash tools/gpu-check.sh stage 1    # carry .gpu-model/1: keeps it on the warm machine
 #           bash tools/gpu-check.sh stage 2    # carry .gpu-model/2 (the machine must still be warm)
-#           bash tools/gpu-check.sh run        # carry .gpu-bin.tar.xz: tests, benches, peers, memcheck, table
+#           bash tools/gpu-check.sh run        # carry .gpu-bin.tar.xz: tests, the main job end to end, serve's
+#                                              # memory, benches, peers, memcheck and racecheck, table
 #
 # The carry limit is 64 MiB a call, so the 98 MB model travels in two calls before the run; `run` refuses
 # to start without it. Benchmark lines land in $OUT/generate.jsonl (joined with the transformers peer) and
@@ -88,6 +89,10 @@ run)
   e2e > "$logs/train_e2e.log" 2>&1 && status=ok || status=FAILED
   kill "$monitor" 2>/dev/null || true
   rows+=("$(printf '%-22s %-7s peak device memory %s MiB' train_e2e "$status" "$(sort -n "$logs/train_memory.txt" | tail -1)")")
+  # serve: the device memory after 200 requests is what it was after the first 50.
+  python3 tools/serve_memory.py "$BIN/mappa" "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
+    > "$logs/serve_memory.jsonl" 2> "$logs/serve_memory.log" && status=ok || status=FAILED
+  rows+=("$(printf '%-22s %-7s %s' serve_memory "$status" "$(tail -1 "$logs/serve_memory.jsonl" 2>/dev/null)")")
   # Benchmarks: ours, then the transformers peer on the same prompts, joined by batch.
   BENCH_PROMPTS="$logs/prompts.json" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
     && status=ok || status=FAILED
@@ -102,11 +107,14 @@ run)
   pip install --quiet --no-deps "$BIN"/liger_kernel-*.whl > "$logs/liger_install.log" 2>&1 || true
   python3 tools/peer_fused_loss.py > "$logs/train_peer.jsonl" 2> "$logs/peer_fused_loss.log" && status=ok || status=FAILED
   rows+=("$(printf '%-22s %-7s' fused_loss_peers "$status")")
-  # Last (slowest; a time limit cuts only this): the kernel tests under compute-sanitizer's memcheck.
-  for name in cuda_kernels cuda_attention cuda_sample cuda_train; do
-    if compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.memcheck.log" 2>&1; then
-      status=ok; else status=FAILED; fi
-    rows+=("$(printf '%-22s %-7s %s' "$name:memcheck" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.memcheck.log" | tail -1)")")
+  # Last (slowest; a time limit cuts only these): the kernel tests under compute-sanitizer's memcheck, then
+  # its racecheck (shared-memory hazards).
+  for tool in memcheck racecheck; do
+    for name in cuda_kernels cuda_attention cuda_sample cuda_train; do
+      if compute-sanitizer --tool "$tool" --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.$tool.log" 2>&1; then
+        status=ok; else status=FAILED; fi
+      rows+=("$(printf '%-22s %-7s %s' "$name:$tool" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.$tool.log" | tail -1)")")
+    done
   done
   python3 - "$logs" <<'PY'
 import json, sys, pathlib
