@@ -9,6 +9,8 @@
 #           bash tools/gpu-check.sh stage 2    # carry .gpu-model/2 (the machine must still be warm)
 #           bash tools/gpu-check.sh run        # carry .gpu-bin.tar.xz: tests, the main job end to end, serve's
 #                                              # memory, benches, peers, memcheck and racecheck, table
+#           bash tools/gpu-check.sh run tests e2e   # only those parts (tests, e2e, bench, sanitize), when
+#                                              # one call's 10 minutes do not hold them all
 #
 # The carry limit is 64 MiB a call, so the 98 MB model travels in two calls before the run; `run` refuses
 # to start without it. Benchmark lines land in $OUT/generate.jsonl (joined with the transformers peer) and
@@ -65,57 +67,67 @@ run)
   done
   export LD_LIBRARY_PATH
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/device.txt" || true
+  parts=" ${*:2} "; [ "$parts" = "  " ] && parts=" tests e2e bench sanitize "
+  want() { [[ "$parts" == *" $1 "* ]]; }
   rows=()
-  for name in "${TESTS[@]}"; do
-    if "$BIN/$name" --test-threads=1 > "$logs/$name.log" 2>&1; then status=ok; else status=FAILED; fi
-    summary=$(grep -E '^test result:' "$logs/$name.log" | tail -1 | sed 's/test result: //')
-    skipped=$(grep -c '^SKIPPED' "$logs/$name.log" || true)
-    rows+=("$(printf '%-22s %-7s skipped %-3s %s' "$name" "$status" "$skipped" "$summary")")
-  done
-  # The README's main job on the GPU, end to end (rollouts, rule coach, training, a checkpoint each step,
-  # evaluation, report) with the device's memory sampled every 0.2 s; then its last checkpoint dropped and
-  # the run resumed: the step comes out again with the same weights, byte for byte.
-  run="$STAGE/run"; rm -rf "$run"
-  ( while nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; do sleep 0.2; done ) > "$logs/train_memory.txt" 2>/dev/null &
-  monitor=$!
-  e2e() {
-    "$BIN/mappa" train --set run.backend=cuda --set rl.checkpoint_every=1 --set "run.dir=$run" || return 1
-    last=$(ls -d "$run"/checkpoints/step-* | tail -1) && cp -r "$last" "$run/first-try" && rm -rf "$last"
-    "$BIN/mappa" train --resume "$run" || return 1
-    for agent in "$run"/first-try/*/; do
-      cmp "$agent/model.safetensors" "$last/$(basename "$agent")/model.safetensors" || return 1
+  if want tests; then
+    for name in "${TESTS[@]}"; do
+      if "$BIN/$name" --test-threads=1 > "$logs/$name.log" 2>&1; then status=ok; else status=FAILED; fi
+      summary=$(grep -E '^test result:' "$logs/$name.log" | tail -1 | sed 's/test result: //')
+      skipped=$(grep -c '^SKIPPED' "$logs/$name.log" || true)
+      rows+=("$(printf '%-22s %-7s skipped %-3s %s' "$name" "$status" "$skipped" "$summary")")
     done
-  }
-  e2e > "$logs/train_e2e.log" 2>&1 && status=ok || status=FAILED
-  kill "$monitor" 2>/dev/null || true
-  rows+=("$(printf '%-22s %-7s peak device memory %s MiB' train_e2e "$status" "$(sort -n "$logs/train_memory.txt" | tail -1)")")
-  # serve: the device memory after 200 requests is what it was after the first 50.
-  python3 tools/serve_memory.py "$BIN/mappa" "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
-    > "$logs/serve_memory.jsonl" 2> "$logs/serve_memory.log" && status=ok || status=FAILED
-  rows+=("$(printf '%-22s %-7s %s' serve_memory "$status" "$(tail -1 "$logs/serve_memory.jsonl" 2>/dev/null)")")
-  # Benchmarks: ours, then the transformers peer on the same prompts, joined by batch.
-  BENCH_PROMPTS="$logs/prompts.json" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
-    && status=ok || status=FAILED
-  rows+=("$(printf '%-22s %-7s' cuda_generate "$status")")
-  "$BIN/mappa" convert "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$STAGE/hf" --dtype bf16 > "$logs/convert.log" 2>&1 \
-    && python3 tools/peer_generate.py "$STAGE/hf" "$logs/prompts.json" > "$logs/peer.jsonl" 2> "$logs/peer.log" \
-    && status=ok || status=FAILED
-  rows+=("$(printf '%-22s %-7s' transformers_peer "$status")")
-  # Training: ours (fused loss, full steps), then PyTorch eager and Liger-Kernel on the fused loss's shapes.
-  "$BIN/cuda_training" > "$logs/train_ours.jsonl" 2> "$logs/cuda_training.log" && status=ok || status=FAILED
-  rows+=("$(printf '%-22s %-7s' cuda_training "$status")")
-  pip install --quiet --no-deps "$BIN"/liger_kernel-*.whl > "$logs/liger_install.log" 2>&1 || true
-  python3 tools/peer_fused_loss.py > "$logs/train_peer.jsonl" 2> "$logs/peer_fused_loss.log" && status=ok || status=FAILED
-  rows+=("$(printf '%-22s %-7s' fused_loss_peers "$status")")
-  # Last (slowest; a time limit cuts only these): the kernel tests under compute-sanitizer's memcheck, then
-  # its racecheck (shared-memory hazards).
-  for tool in memcheck racecheck; do
-    for name in cuda_kernels cuda_attention cuda_sample cuda_train; do
-      if compute-sanitizer --tool "$tool" --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.$tool.log" 2>&1; then
-        status=ok; else status=FAILED; fi
-      rows+=("$(printf '%-22s %-7s %s' "$name:$tool" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.$tool.log" | tail -1)")")
+  fi
+  if want e2e; then
+    # The README's main job on the GPU, end to end (rollouts, rule coach, training, a checkpoint each step,
+    # evaluation, report) with the device's memory sampled every 0.2 s; then its last checkpoint dropped and
+    # the run resumed: the step comes out again with the same weights, byte for byte.
+    run="$STAGE/run"; rm -rf "$run"
+    ( while nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; do sleep 0.2; done ) > "$logs/train_memory.txt" 2>/dev/null &
+    monitor=$!
+    e2e() {
+      "$BIN/mappa" train --set run.backend=cuda --set rl.checkpoint_every=1 --set "run.dir=$run" || return 1
+      last=$(ls -d "$run"/checkpoints/step-* | tail -1) && cp -r "$last" "$run/first-try" && rm -rf "$last"
+      "$BIN/mappa" train --resume "$run" || return 1
+      for agent in "$run"/first-try/*/; do
+        cmp "$agent/model.safetensors" "$last/$(basename "$agent")/model.safetensors" || return 1
+      done
+    }
+    e2e > "$logs/train_e2e.log" 2>&1 && status=ok || status=FAILED
+    kill "$monitor" 2>/dev/null || true
+    rows+=("$(printf '%-22s %-7s peak device memory %s MiB' train_e2e "$status" "$(sort -n "$logs/train_memory.txt" | tail -1)")")
+    # serve: the device memory after 200 requests is what it was after the first 50.
+    python3 tools/serve_memory.py "$BIN/mappa" "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
+      > "$logs/serve_memory.jsonl" 2> "$logs/serve_memory.log" && status=ok || status=FAILED
+    rows+=("$(printf '%-22s %-7s %s' serve_memory "$status" "$(tail -1 "$logs/serve_memory.jsonl" 2>/dev/null)")")
+  fi
+  if want bench; then
+    # Benchmarks: ours, then the transformers peer on the same prompts, joined by batch.
+    BENCH_PROMPTS="$logs/prompts.json" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
+      && status=ok || status=FAILED
+    rows+=("$(printf '%-22s %-7s' cuda_generate "$status")")
+    "$BIN/mappa" convert "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$STAGE/hf" --dtype bf16 > "$logs/convert.log" 2>&1 \
+      && python3 tools/peer_generate.py "$STAGE/hf" "$logs/prompts.json" > "$logs/peer.jsonl" 2> "$logs/peer.log" \
+      && status=ok || status=FAILED
+    rows+=("$(printf '%-22s %-7s' transformers_peer "$status")")
+    # Training: ours (fused loss, full steps), then PyTorch eager and Liger-Kernel on the fused loss's shapes.
+    "$BIN/cuda_training" > "$logs/train_ours.jsonl" 2> "$logs/cuda_training.log" && status=ok || status=FAILED
+    rows+=("$(printf '%-22s %-7s' cuda_training "$status")")
+    pip install --quiet --no-deps "$BIN"/liger_kernel-*.whl > "$logs/liger_install.log" 2>&1 || true
+    python3 tools/peer_fused_loss.py > "$logs/train_peer.jsonl" 2> "$logs/peer_fused_loss.log" && status=ok || status=FAILED
+    rows+=("$(printf '%-22s %-7s' fused_loss_peers "$status")")
+  fi
+  if want sanitize; then
+    # Last (slowest; a time limit cuts only these): the kernel tests under compute-sanitizer's memcheck, then
+    # its racecheck (shared-memory hazards).
+    for tool in memcheck racecheck; do
+      for name in cuda_kernels cuda_attention cuda_sample cuda_train; do
+        if compute-sanitizer --tool "$tool" --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.$tool.log" 2>&1; then
+          status=ok; else status=FAILED; fi
+        rows+=("$(printf '%-22s %-7s %s' "$name:$tool" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.$tool.log" | tail -1)")")
+      done
     done
-  done
+  fi
   python3 - "$logs" <<'PY'
 import json, sys, pathlib
 d = pathlib.Path(sys.argv[1])
@@ -142,5 +154,5 @@ PY
   printf '\n%s\n' "---- gpu-check summary ----"; printf '%s\n' "${rows[@]}"
   ! printf '%s\n' "${rows[@]}" | grep -q FAILED
   ;;
-*) echo "usage: $0 build | stage 1|2 | run" >&2; exit 2 ;;
+*) echo "usage: $0 build | stage 1|2 | run [tests] [e2e] [bench] [sanitize]" >&2; exit 2 ;;
 esac
