@@ -141,6 +141,41 @@ fn two_steps_train_each_agent_and_resume_repeats_the_next_step() {
     assert!(std::fs::read_to_string(index).unwrap().contains("code_executor"));
 }
 
+/// A run stopped during an evaluation (after the step's checkpoint, which comes first) resumes at that step
+/// and finishes the evaluation without training the step again; the dropped partial problem lines come back
+/// the same, and a finished run resumed evaluates nothing twice.
+#[test]
+fn a_run_stopped_during_its_evaluation_resumes_and_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), 2);
+    let held = tmp.path().join("held.jsonl");
+    std::fs::copy(tmp.path().join("train.jsonl"), &held).unwrap();
+    cfg.data.eval = vec![held];
+    (cfg.rl.eval_every, cfg.rl.eval_samples_per_prompt) = (2, 2);
+    let dir = Run::open(Open::New(Box::new(cfg))).unwrap().train().unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let (summaries, problems) = (read("eval.jsonl"), read("eval_problems.jsonl"));
+    assert_eq!((summaries.lines().count(), problems.lines().count()), (1, 4), "one evaluation of 4 problems");
+
+    // Stopped after writing two problems' lines and no summary.
+    std::fs::write(dir.join("eval.jsonl"), "").unwrap();
+    let partial: String = problems.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("eval_problems.jsonl"), partial).unwrap();
+    let mut run = Run::open(Open::Resume(&dir)).unwrap();
+    assert_eq!(run.step, 2, "resumed at the checkpoint of the step being evaluated");
+    run.train().unwrap();
+    drop(run);
+    assert_eq!(metrics(&dir).len(), 6, "no step trained again");
+    assert_eq!(read("eval_problems.jsonl"), problems, "the same problem results, each once");
+    let again: Vec<Value> = read("eval.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let before: Value = serde_json::from_str(summaries.lines().next().unwrap()).unwrap();
+    assert_eq!(again, vec![before], "the same summary, once");
+
+    // Finished: resuming evaluates nothing again.
+    Run::open(Open::Resume(&dir)).unwrap().train().unwrap();
+    assert_eq!((read("eval.jsonl").lines().count(), read("eval_problems.jsonl").lines().count()), (1, 4));
+}
+
 #[test]
 fn http_coach_through_mappa_serve() {
     let tmp = tempfile::tempdir().unwrap();

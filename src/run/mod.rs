@@ -62,6 +62,19 @@ const DSBENCH_QUICK_SETTINGS: [&str; 13] = [
 
 /// One line per evaluated problem: dataset, step, task id and each sample's correctness.
 pub const EVAL_PROBLEMS: &str = "eval_problems.jsonl";
+/// One line per eval set and evaluation, written when the evaluation is done.
+pub const EVAL_SUMMARIES: &str = "eval.jsonl";
+
+/// The eval sets that `run_dir`'s `eval.jsonl` has a finished evaluation of at `step`.
+pub(crate) fn evaluated_sets(run_dir: &Path, step: u64) -> Result<std::collections::HashSet<String>> {
+    let path = run_dir.join(EVAL_SUMMARIES);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Default::default()) };
+    let lines = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    Ok(lines
+        .filter(|v| v["step"].as_u64() == Some(step))
+        .filter_map(|v| v["dataset"].as_str().map(String::from))
+        .collect())
+}
 
 /// Everything a run holds in memory.
 pub struct Run {
@@ -161,9 +174,13 @@ impl Run {
 
     /// Runs the remaining steps; returns the run directory.
     pub fn train(&mut self) -> Result<PathBuf> {
-        let rl = &self.cfg.rl;
-        if self.step == 0 && rl.eval_before_training {
-            self.evaluate()?;
+        let (every, ckpt) = (self.cfg.rl.eval_every, self.cfg.rl.checkpoint_every);
+        let due = if self.step == 0 { self.cfg.rl.eval_before_training } else { every > 0 && self.step % every == 0 };
+        if due {
+            // A new run's evaluation before training, or the one a resumed checkpoint's step still owes (a run
+            // stopped during it): only the eval sets that have no result at this step yet.
+            let done = evaluated_sets(&self.dir, self.step)?;
+            self.evaluate_sets(|name| !done.contains(name))?;
         }
         let bar = ProgressBar::new(self.cfg.run.steps).with_position(self.step);
         bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed}]")?);
@@ -181,14 +198,15 @@ impl Run {
                 self.step,
                 self.losses.cause()
             );
-            let (every, ckpt) = (self.cfg.rl.eval_every, self.cfg.rl.checkpoint_every);
-            if every > 0 && self.step % every == 0 {
-                bar.set_message("evaluating");
-                self.evaluate()?;
-            }
+            // The checkpoint first: an evaluation can take longer than the step, and a run stopped during it
+            // then resumes at this step and evaluates (above) instead of training the step again.
             if (ckpt > 0 && self.step % ckpt == 0) || self.step == self.cfg.run.steps {
                 bar.set_message("checkpoint");
                 self.checkpoint()?;
+            }
+            if every > 0 && self.step % every == 0 {
+                bar.set_message("evaluating");
+                self.evaluate()?;
             }
             bar.inc(1);
         }
@@ -247,8 +265,14 @@ impl Run {
 
     /// Evaluates the current agents on every eval set at the eval temperature; appends to `eval.jsonl`.
     pub fn evaluate(&self) -> Result<()> {
+        self.evaluate_sets(|_| true)
+    }
+
+    /// `evaluate` for the eval sets `wanted` names. Each set's problem lines go to `eval_problems.jsonl`
+    /// first and its summary to `eval.jsonl` last, so a summary marks a finished evaluation.
+    fn evaluate_sets(&self, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let engines: Vec<&dyn Generator> = self.agents.iter().map(|t| &t.model as &dyn Generator).collect();
-        for (name, tasks) in &self.eval_sets {
+        for (name, tasks) in self.eval_sets.iter().filter(|(name, _)| wanted(name)) {
             let indexed: Vec<(usize, &Task)> = tasks.iter().enumerate().collect();
             let work = self.dir.join("work").join("eval");
             let seed = derive_seed(&[self.cfg.run.seed, self.step, 2]);
@@ -264,7 +288,6 @@ impl Run {
                 "eval {name} @ step {}: avg@{k} {:.3} ± {:.3}, pass@{k} {:.3} ± {:.3}{quality}",
                 self.step, summary.avg_at_k, summary.avg_at_k_se, summary.pass_at_k, summary.pass_at_k_se
             );
-            summary.append_to(&self.dir.join("eval.jsonl"))?;
             // Each problem's results, so arms of an experiment can be compared problem by problem; a DSBench
             // problem's line also gives each submission's grade (its metric, or why it is invalid).
             for (i, correct) in correct_by_problem(&episodes) {
@@ -278,6 +301,7 @@ impl Run {
                 }
                 crate::jsonl::append(&self.dir.join(EVAL_PROBLEMS), &line)?;
             }
+            summary.append_to(&self.dir.join(EVAL_SUMMARIES))?;
         }
         Ok(())
     }

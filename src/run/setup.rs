@@ -101,8 +101,9 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
     };
     if resuming {
         drop_lines_after(&dir.join("metrics.jsonl"), step)?;
-        drop_lines_after(&dir.join("eval.jsonl"), step)?;
+        drop_lines_after(&dir.join(super::EVAL_SUMMARIES), step)?;
         drop_lines_after(&dir.join(super::EVAL_PROBLEMS), step)?;
+        drop_unfinished_evaluations(&dir, step)?;
     }
     let coach = match coach {
         Some(c) => Some(c.with_log(CoachLog::open(&dir.join("coach_log.jsonl"))?)),
@@ -423,6 +424,25 @@ pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
 /// Rewrites a JSON Lines file without the lines whose "step" is past `step` (a resumed run redoes them).
 /// Lines without a readable step are not the resume's to judge: they are moved, as they were, to
 /// `<file>.unreadable` (appended), and stderr says how many and where.
+/// Drops the problem lines of evaluations at `step` that wrote no summary (a run stopped during one): `train`
+/// evaluates those sets again.
+fn drop_unfinished_evaluations(dir: &Path, step: u64) -> Result<()> {
+    let done = super::evaluated_sets(dir, step)?;
+    let path = dir.join(super::EVAL_PROBLEMS);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let unfinished = |v: &serde_json::Value| {
+        v["step"].as_u64() == Some(step) && v["dataset"].as_str().is_some_and(|d| !done.contains(d))
+    };
+    let keep: String = (text.lines().filter(|l| !l.trim().is_empty()))
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).map_or(true, |v| !unfinished(&v)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if keep.len() < text.len() {
+        write_whole(&path, &PathBuf::from(format!("{}.partial", path.display())), &keep)?;
+    }
+    Ok(())
+}
+
 fn drop_lines_after(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let (mut keep, mut unreadable) = (String::new(), String::new());
