@@ -48,6 +48,15 @@ fn config(dir: &Path, steps: u64) -> RunConfig {
     cfg
 }
 
+/// `config` with an eval set: a copy of the four training problems (an eval file must not be the training file).
+fn config_with_eval(dir: &Path, steps: u64) -> RunConfig {
+    let mut cfg = config(dir, steps);
+    let held = dir.join("held.jsonl");
+    std::fs::copy(dir.join("train.jsonl"), &held).unwrap();
+    cfg.data.eval = vec![held];
+    cfg
+}
+
 fn metrics(run: &Path) -> Vec<Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -147,10 +156,7 @@ fn two_steps_train_each_agent_and_resume_repeats_the_next_step() {
 #[test]
 fn a_run_stopped_during_its_evaluation_resumes_and_finishes_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), 2);
-    let held = tmp.path().join("held.jsonl");
-    std::fs::copy(tmp.path().join("train.jsonl"), &held).unwrap();
-    cfg.data.eval = vec![held];
+    let mut cfg = config_with_eval(tmp.path(), 2);
     (cfg.rl.eval_every, cfg.rl.eval_samples_per_prompt) = (2, 2);
     let dir = Run::open(Open::New(Box::new(cfg))).unwrap().train().unwrap();
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
@@ -611,10 +617,7 @@ fn outcome_reward_scores_every_action_by_the_final_answer() {
 #[test]
 fn eval_config_evaluates_the_base_team_problem_by_problem() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), 1);
-    let eval = tmp.path().join("eval.jsonl");
-    std::fs::copy(tmp.path().join("train.jsonl"), &eval).unwrap();
-    cfg.data.eval = vec![eval];
+    let mut cfg = config_with_eval(tmp.path(), 1);
     (cfg.rl.eval_samples_per_prompt, cfg.rl.max_new_tokens) = (2, 4);
     let toml = tmp.path().join("base.toml");
     std::fs::write(&toml, cfg.to_toml_string().unwrap()).unwrap();
@@ -635,7 +638,7 @@ fn eval_config_evaluates_the_base_team_problem_by_problem() {
     let ids: Vec<&str> = problems.iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["p0", "p1", "p2", "p3"], "one line per problem, in task order");
     for p in &problems {
-        assert_eq!((p["dataset"].as_str(), p["step"].as_u64()), (Some("eval"), Some(0)), "{p}");
+        assert_eq!((p["dataset"].as_str(), p["step"].as_u64()), (Some("held"), Some(0)), "{p}");
         assert_eq!(p["correct"].as_array().unwrap().len(), 2, "one entry per sample: {p}");
     }
     let summary: Value = serde_json::from_str(std::fs::read_to_string(dir.join("eval.jsonl")).unwrap().trim()).unwrap();
