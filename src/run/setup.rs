@@ -100,10 +100,13 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
         Some((candidates, unreadable)) => newest_usable(&cfg, &bases, backend, candidates, unreadable)?,
     };
     if resuming {
-        drop_lines_after(&dir.join("metrics.jsonl"), step)?;
-        drop_lines_after(&dir.join(super::EVAL_SUMMARIES), step)?;
-        drop_lines_after(&dir.join(super::EVAL_PROBLEMS), step)?;
-        drop_unfinished_evaluations(&dir, step)?;
+        drop_lines(&dir.join("metrics.jsonl"), |_, s| s > step)?;
+        // An evaluation at `step` that wrote no summary was cut short: its problem lines go too, and `train`
+        // evaluates that set again.
+        let finished = super::evaluated_sets(&dir, step)?;
+        let unfinished = |v: &serde_json::Value| v["dataset"].as_str().is_some_and(|d| !finished.contains(d));
+        drop_lines(&dir.join(super::EVAL_SUMMARIES), |_, s| s > step)?;
+        drop_lines(&dir.join(super::EVAL_PROBLEMS), |v, s| s > step || (s == step && unfinished(v)))?;
     }
     let coach = match coach {
         Some(c) => Some(c.with_log(CoachLog::open(&dir.join("coach_log.jsonl"))?)),
@@ -421,34 +424,16 @@ pub fn build_coach(cfg: &RunConfig, backend: Backend) -> Result<Coach> {
     })
 }
 
-/// Rewrites a JSON Lines file without the lines whose "step" is past `step` (a resumed run redoes them).
-/// Lines without a readable step are not the resume's to judge: they are moved, as they were, to
-/// `<file>.unreadable` (appended), and stderr says how many and where.
-/// Drops the problem lines of evaluations at `step` that wrote no summary (a run stopped during one): `train`
-/// evaluates those sets again.
-fn drop_unfinished_evaluations(dir: &Path, step: u64) -> Result<()> {
-    let done = super::evaluated_sets(dir, step)?;
-    let path = dir.join(super::EVAL_PROBLEMS);
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let unfinished = |v: &serde_json::Value| {
-        v["step"].as_u64() == Some(step) && v["dataset"].as_str().is_some_and(|d| !done.contains(d))
-    };
-    let keep: String = (text.lines().filter(|l| !l.trim().is_empty()))
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).map_or(true, |v| !unfinished(&v)))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if keep.len() < text.len() {
-        write_whole(&path, &PathBuf::from(format!("{}.partial", path.display())), &keep)?;
-    }
-    Ok(())
-}
-
-fn drop_lines_after(path: &Path, step: u64) -> Result<()> {
+/// Rewrites a JSON Lines file without the lines that `drop` (given the line and its "step") picks: what a
+/// resumed run redoes. Lines without a readable step are not the resume's to judge: they are moved, as they
+/// were, to `<file>.unreadable` (appended), and stderr says how many and where.
+fn drop_lines(path: &Path, drop: impl Fn(&serde_json::Value, u64) -> bool) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let (mut keep, mut unreadable) = (String::new(), String::new());
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()) {
-            Some(s) if s <= step => keep.push_str(&format!("{line}\n")),
+        let parsed = serde_json::from_str::<serde_json::Value>(line).ok();
+        match parsed.as_ref().and_then(|v| Some((v, v["step"].as_u64()?))) {
+            Some((v, s)) if !drop(v, s) => keep.push_str(&format!("{line}\n")),
             Some(_) => {}
             None => unreadable.push_str(&format!("{line}\n")),
         }
