@@ -217,6 +217,7 @@ impl LayerBufs {
 }
 
 /// A step's rows as a layer reads them: how many, and each one's position and KV pool slot.
+#[derive(Clone, Copy)]
 pub(super) struct LayerRows<'a> {
     pub t: usize,
     pub positions: &'a CudaView<'a, i32>,
@@ -386,9 +387,9 @@ impl CudaModel {
         let record = pass.as_ref().map_or(Record::Nothing, |p| p.record);
 
         norm::embed(gpu, &mut s.x.slice_mut(..), &wt.slice(self.embed.clone()), &tok_view, d)?;
+        let layer_rows = LayerRows { t, positions: &pos_v, slots: &slot_v };
         for (l, layer) in self.layers.iter().enumerate() {
-            let rows = LayerRows { t, positions: &pos_v, slots: &slot_v };
-            let saved = self.layer_forward(l, &mut s, l > 0, pool, attention, rows, record)?;
+            let saved = self.layer_forward(l, &mut s, l > 0, pool, attention, layer_rows, record)?;
             if let (Some(p), Some(saved)) = (pass.as_mut(), saved) {
                 p.layers.push(saved);
             }

@@ -36,6 +36,7 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::MutexGuard;
 
 /// Positions per block of a training pass's KV pool.
 const BLOCK: usize = 16;
@@ -254,15 +255,21 @@ impl CudaModel {
         let mut d_qkv = gpu.zeros::<bf16>(t * width)?;
         let shape = QkvShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, eps };
         let packed = PackedShape { seq_lens: &f.seq_lens, n_heads: c.num_heads, n_kv: c.num_kv_heads, hd: c.head_dim };
+        // Recomputed layers share one attention plan, made once here and held under the step lock.
+        let mut work = match f.pass.layers.first() {
+            Some(Saved::Input(_)) => Some(self.planned_for_recompute(&f.rows, &f.tables)?),
+            _ => None,
+        };
+        let (positions, slots) = (f.positions.slice(..), f.slots.slice(..));
+        let rows = LayerRows { t, positions: &positions, slots: &slots };
 
         for (l, layer) in self.layers.iter().enumerate().rev() {
             let recomputed;
             let tape: &LayerTape = match &f.pass.layers[l] {
                 Saved::All(tape) => tape,
                 Saved::Input(x_in) => {
-                    let tables: Vec<&[u32]> = f.tables.iter().map(Vec::as_slice).collect();
-                    let at = LayerAt { rows: &f.rows, tables: &tables, positions: &f.positions, slots: &f.slots, t };
-                    recomputed = self.recompute_layer(l, x_in, &mut f.pool, at)?;
+                    let w = work.as_deref_mut().context("recomputed layers have a planned attention")?;
+                    recomputed = self.recompute_layer(l, x_in, &mut f.pool, w, rows)?;
                     &recomputed
                 }
             };
@@ -327,35 +334,32 @@ impl CudaModel {
     }
 }
 
-/// Where a packed pass's rows lie, for a recomputed layer: (sequence, position) per row with the block
-/// tables (the attention plan), and per row its position and KV pool slot on the device.
-struct LayerAt<'a> {
-    rows: &'a [(usize, usize)],
-    tables: &'a [&'a [u32]],
-    positions: &'a CudaSlice<i32>,
-    slots: &'a CudaSlice<i32>,
-    t: usize,
-}
-
 impl CudaModel {
+    /// The step scratch, locked, with its attention planned for a packed pass's rows (`(sequence, position)`
+    /// each) over its block tables: what every recomputed layer of the pass runs on.
+    fn planned_for_recompute(&self, rows: &[(usize, usize)], tables: &[Vec<u32>]) -> Result<MutexGuard<'_, Work>> {
+        let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
+        let tables: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
+        planned_attention(&self.gpu, &self.config, &mut w.attention, BLOCK, rows, &tables)?;
+        Ok(w)
+    }
+
     /// Layer `l`'s whole tape, made again from its saved input by the same forward code (a forward with
-    /// `Record::Inputs` kept only that). It writes the layer's keys and values into `pool` again, the same
-    /// values, since every kernel is deterministic.
+    /// `Record::Inputs` kept only that), on `w` as `planned_for_recompute` left it. It writes the layer's keys
+    /// and values into `pool` again, the same values, since every kernel is deterministic.
     fn recompute_layer(
         &self,
         l: usize,
         x_in: &CudaSlice<f32>,
         pool: &mut CudaKvPool,
-        at: LayerAt,
+        w: &mut Work,
+        rows: LayerRows,
     ) -> Result<LayerTape> {
         let (gpu, c) = (&*self.gpu, &self.config);
-        let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
-        let Work { layer, attention, .. } = &mut *w;
-        let attention = planned_attention(gpu, c, attention, BLOCK, at.rows, at.tables)?;
-        let mut s = layer.get(gpu, c, at.t)?;
-        gpu.stream.memcpy_dtod(&x_in.slice(..), &mut s.x.slice_mut(..at.t * c.hidden_size))?;
-        let (positions, slots) = (at.positions.slice(..), at.slots.slice(..));
-        let rows = LayerRows { t: at.t, positions: &positions, slots: &slots };
+        let Work { layer, attention, .. } = w;
+        let attention = &mut attention.as_mut().context("the attention was planned for the recompute")?.1;
+        let mut s = layer.get(gpu, c, rows.t)?;
+        gpu.stream.memcpy_dtod(&x_in.slice(..), &mut s.x.slice_mut(..rows.t * c.hidden_size))?;
         match self.layer_forward(l, &mut s, false, pool, attention, rows, Record::All)? {
             Some(Saved::All(tape)) => Ok(*tape),
             _ => Err(anyhow!("a recomputed layer kept no tape")),
