@@ -129,11 +129,9 @@ impl CudaModel {
             next += b as u32;
         }
         let (mut seqs, mut slots, mut positions, mut off) = (Vec::new(), Vec::new(), Vec::new(), 0);
-        let mut rows = Vec::new();
         for (&len, table) in p.seq_lens.iter().zip(&tables) {
             if len > 0 {
                 let tokens = &p.tokens[off..off + len];
-                rows.extend((0..len).map(|i| (seqs.len(), i)));
                 seqs.push(StepSeq { tokens, pos: 0, block_table: table, sample: None, allowed: None });
             }
             for i in 0..len {
@@ -150,7 +148,10 @@ impl CudaModel {
         let n = self.forward(&mut w, pool_ref, &batch, Some(&mut pass))?;
         let head_in = w.head_in.0.as_ref().context("the forward made the head's input")?;
         let hidden = gpu.stream.clone_dtod(&head_in.slice(..n * c.hidden_size))?;
-        let tables = tables.into_iter().zip(p.seq_lens).filter(|(_, &len)| len > 0).map(|(t, _)| t).collect();
+        // The attention plan's view of the pass (forward's), for recomputed layers.
+        let rows =
+            (batch.seqs.iter().enumerate()).flat_map(|(i, s)| (0..s.tokens.len()).map(move |j| (i, j))).collect();
+        let tables = batch.seqs.iter().map(|s| s.block_table.to_vec()).collect();
         Ok(Forward {
             pass,
             pool,
