@@ -2,7 +2,8 @@
 // inputs in one pass: add the q/k/v biases (qwen2), RMSNorm each q and k head (qwen3), rotate q and k by the
 // token's position (RoPE, rotate-half layout: dimension i pairs with i + hd/2), write q as bf16 and append k
 // and v (bf16) to the paged KV pool at the token's slot (`slots[r]` = block * block_size + offset, so the
-// pool row is slots[r] * kv_dim).
+// pool row is slots[r] * kv_dim). A row whose slot is negative appends nothing: the padding rows of a decode
+// step replayed as a CUDA graph (src/cuda/graphs.rs) have no place in the pool.
 // CPU twin: the tail of CpuModel::attn_in_by (bias, ops::rmsnorm_inplace, Rope::apply) and the pool write
 // of CpuModel::step; test: tests/cuda_kernels.rs `qkv_matches_cpu`.
 //
@@ -28,6 +29,7 @@ __device__ __forceinline__ void qkv_rope_append(bf16* __restrict__ q_out, bf16* 
     for (int h = warp; h < n_heads + 2 * n_kv; h += warps) {
         const int base = h * HD;  // column of this head in the fused row (q heads, then k, then v)
         const bool is_q = h < n_heads, is_v = h >= n_heads + n_kv;
+        if (!is_q && slots[r] < 0) continue;  // warp-uniform: a padding row's k and v go nowhere
         float v[PER_LANE];
 #pragma unroll
         for (int j = 0; j < PER_LANE; j++) {
