@@ -13,7 +13,9 @@
 //! Metadata, uploaded by [`Attention::plan`] into one reused `u32` buffer: the decode tiles, then the prefill
 //! tiles (4 `u32` each: first row, rows, position of the first row, offset of the sequence's block table), then
 //! each referenced sequence's block table (only the blocks its rows reach). Buffers only grow, in `plan`;
-//! [`Attention::run`] only launches: no allocation, no copy, no host-device sync.
+//! [`Attention::run`] only launches: no allocation, no copy, no host-device sync. [`Attention::plan_fixed`]
+//! pads a decode step to a [`FixedGrid`], so that its launches are the same at every step and can be captured
+//! once as a CUDA graph (`cuda::graphs`).
 //!
 //! Determinism: a prefill row's result depends only on its own data (not on the tile or head chunk it shares);
 //! a decode row's depends on its data and on `split_len`. The automatic `split_len` depends on the longest
@@ -186,14 +188,27 @@ impl HostPlan {
     }
 }
 
+/// The launch grid of a decode step replayed as a CUDA graph, which must be the same at every replay:
+/// `rows` decode rows (the step's, then padding rows) and `splits` splits of exactly the pinned split length
+/// per row (a row shorter than that many splits leaves the rest empty, as in any plan whose longest row is
+/// longer than it). A padding row is a decode tile at position 0 of the first row's sequence: it reads that
+/// key and writes only its own output row, which nothing reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FixedGrid {
+    pub rows: usize,
+    pub splits: usize,
+}
+
 /// The plan of a step (see the module docs): validates the rows against the tables, cuts the tiles, chooses
-/// the splits (`fixed_split_len`, or [`split_len`] for `sm_count` SMs) and packs the metadata.
+/// the splits (`fixed_split_len`, or [`split_len`] for `sm_count` SMs; `grid`'s count for a fixed grid) and
+/// packs the metadata.
 pub fn build_plan(
     shape: &AttnShape,
     rows: &[(usize, usize)],
     tables: &[&[u32]],
     sm_count: usize,
     fixed_split_len: Option<usize>,
+    grid: Option<FixedGrid>,
 ) -> Result<HostPlan> {
     shape.validate()?;
     let bs = shape.block_size;
@@ -215,10 +230,30 @@ pub fn build_plan(
         );
         need[seq] = need[seq].max(pos / bs + 1);
     }
-    let (decode, prefill) = cut_tiles(rows, prefill_rows_per_tile(shape.group()));
-    let (split_len, splits) = match decode.iter().map(|t| t.pos + 1).max() {
-        None => (1, 0),
-        Some(max_len) => {
+    let (mut decode, prefill) = cut_tiles(rows, prefill_rows_per_tile(shape.group()));
+    let (split_len, splits) = match (decode.iter().map(|t| t.pos + 1).max(), grid) {
+        (_, Some(grid)) => {
+            let len = fixed_split_len.context("attention: a fixed grid needs a pinned split length")?;
+            ensure!(len >= 1, "attention: a split must hold at least one key");
+            ensure!(prefill.is_empty(), "attention: a fixed grid takes decode rows only");
+            let first = decode.first().context("attention: a fixed grid needs at least one row")?.seq;
+            ensure!(
+                decode.len() <= grid.rows,
+                "attention: {} decode rows do not fit a grid of {} rows",
+                decode.len(),
+                grid.rows
+            );
+            let longest = decode.iter().map(|t| t.pos + 1).max().unwrap_or(1);
+            ensure!(
+                longest.div_ceil(len) <= grid.splits,
+                "attention: a row of {longest} keys needs more than the grid's {} splits of {len}",
+                grid.splits
+            );
+            decode.extend((decode.len()..grid.rows).map(|row| Tile { row, rows: 1, seq: first, pos: 0 }));
+            (len, grid.splits)
+        }
+        (None, None) => (1, 0),
+        (Some(max_len), None) => {
             let len = match fixed_split_len {
                 Some(l) => {
                     ensure!(l >= 1, "attention: a split must hold at least one key");
@@ -257,7 +292,8 @@ pub fn build_plan(
         max_block = tables[s][..n].iter().copied().fold(max_block, u32::max);
     }
     debug_assert_eq!(meta.len(), at);
-    Ok(HostPlan { rows: rows.len(), decode, prefill, split_len, splits, meta, tables_at, max_block })
+    let rows = grid.map_or(rows.len(), |g| g.rows);
+    Ok(HostPlan { rows, decode, prefill, split_len, splits, meta, tables_at, max_block })
 }
 
 /// The attention of a model on the GPU: the current step's plan and the device buffers (metadata, split
@@ -325,6 +361,31 @@ impl Attention {
     /// Once per model step, shared by every layer: `rows[r]` = (sequence index, position), `tables[s]` = block table
     /// of sequence s. Computes the plan on the host and uploads the metadata (stream-ordered, no sync).
     pub fn plan(&mut self, gpu: &Gpu, rows: &[(usize, usize)], tables: &[&[u32]]) -> Result<()> {
+        self.plan_on(gpu, rows, tables, None)
+    }
+
+    /// `plan` for a decode step on a fixed grid ([`FixedGrid`]; needs a pinned split length), whose launches
+    /// are the same for every step with the same grid and buffers (`buffer_addresses`).
+    pub fn plan_fixed(&mut self, gpu: &Gpu, rows: &[(usize, usize)], tables: &[&[u32]], grid: FixedGrid) -> Result<()> {
+        self.plan_on(gpu, rows, tables, Some(grid))
+    }
+
+    /// Device addresses of the metadata and split scratch buffers (0 for one not yet made): a captured launch
+    /// holds them, so it is valid only while they stay.
+    pub fn buffer_addresses(&self, gpu: &Gpu) -> [u64; 3] {
+        fn at<T>(gpu: &Gpu, b: &Option<CudaSlice<T>>) -> u64 {
+            b.as_ref().map_or(0, |b| b.device_ptr(&gpu.stream).0)
+        }
+        [at(gpu, &self.meta), at(gpu, &self.part_acc), at(gpu, &self.part_ml)]
+    }
+
+    fn plan_on(
+        &mut self,
+        gpu: &Gpu,
+        rows: &[(usize, usize)],
+        tables: &[&[u32]],
+        grid: Option<FixedGrid>,
+    ) -> Result<()> {
         self.plan = None;
         let sm_count = match self.sm_count {
             Some(n) => n,
@@ -335,7 +396,7 @@ impl Attention {
                 n
             }
         };
-        let plan = build_plan(&self.shape, rows, tables, sm_count, self.fixed_split_len)?;
+        let plan = build_plan(&self.shape, rows, tables, sm_count, self.fixed_split_len, grid)?;
         if plan.rows > 0 {
             ensure_len(gpu, &mut self.meta, plan.meta.len())?;
             let meta = self.meta.as_mut().expect("allocated above");
@@ -560,7 +621,7 @@ mod tests {
         // Sequence 0 decodes at 40 (block 2); sequence 2 prefills positions 3..15 (blocks 0); sequence 1 is absent.
         let mut rows = vec![(0, 40)];
         rows.extend((3..15).map(|p| (2, p)));
-        let p = build_plan(&s, &rows, &tables, 132, Some(16)).unwrap();
+        let p = build_plan(&s, &rows, &tables, 132, Some(16), None).unwrap();
         assert_eq!(p.rows, 13);
         assert_eq!(p.decode, [Tile { row: 0, rows: 1, seq: 0, pos: 40 }]);
         assert_eq!(p.prefill, [Tile { row: 1, rows: 10, seq: 2, pos: 3 }, Tile { row: 11, rows: 2, seq: 2, pos: 13 }]);
@@ -571,16 +632,16 @@ mod tests {
         assert_eq!(p.meta, [0, 1, 40, 0, 1, 10, 3, 3, 11, 2, 13, 3, 7, 3, 9, 12]);
         assert_eq!(p.max_block, 12);
         // Automatic splits: one row of 41 keys is one split.
-        let p = build_plan(&s, &rows, &tables, 132, None).unwrap();
+        let p = build_plan(&s, &rows, &tables, 132, None, None).unwrap();
         assert_eq!(p.splits, 1);
         assert_eq!(p.split_len, 41);
-        let p = build_plan(&s, &rows, &tables, 132, Some(usize::MAX)).unwrap();
+        let p = build_plan(&s, &rows, &tables, 132, Some(usize::MAX), None).unwrap();
         assert_eq!((p.split_len, p.splits), (41, 1));
         // No decode rows: no splits.
-        let p = build_plan(&s, &rows[1..], &tables, 132, None).unwrap();
+        let p = build_plan(&s, &rows[1..], &tables, 132, None, None).unwrap();
         assert_eq!((p.decode.len(), p.splits), (0, 0));
         // No rows at all.
-        let p = build_plan(&s, &[], &tables, 132, None).unwrap();
+        let p = build_plan(&s, &[], &tables, 132, None, None).unwrap();
         assert_eq!((p.rows, p.meta.len()), (0, 0));
     }
 
@@ -589,13 +650,57 @@ mod tests {
         let s = shape(6, 2, 64);
         let t0: Vec<u32> = vec![1, 2];
         let tables: [&[u32]; 1] = [&t0];
-        assert!(build_plan(&s, &[(0, 31)], &tables, 132, None).is_ok());
-        let e = build_plan(&s, &[(0, 32)], &tables, 132, None).unwrap_err();
+        assert!(build_plan(&s, &[(0, 31)], &tables, 132, None, None).is_ok());
+        let e = build_plan(&s, &[(0, 32)], &tables, 132, None, None).unwrap_err();
         assert!(format!("{e:#}").contains("position 32"), "{e:#}");
-        let e = build_plan(&s, &[(1, 0)], &tables, 132, None).unwrap_err();
+        let e = build_plan(&s, &[(1, 0)], &tables, 132, None, None).unwrap_err();
         assert!(format!("{e:#}").contains("sequence 1"), "{e:#}");
-        assert!(build_plan(&s, &[(0, MAX_POSITION)], &tables, 132, None).is_err());
-        assert!(build_plan(&s, &[(0, 3)], &tables, 132, Some(0)).is_err());
+        assert!(build_plan(&s, &[(0, MAX_POSITION)], &tables, 132, None, None).is_err());
+        assert!(build_plan(&s, &[(0, 3)], &tables, 132, Some(0), None).is_err());
+    }
+
+    /// A fixed grid (a CUDA graph's) pads the decode rows and the splits; its real rows come out of the
+    /// emulated kernels bit for bit as from the step's own plan, and what it cannot hold is an error.
+    #[test]
+    fn a_fixed_grid_pads_rows_and_splits_and_changes_no_real_row() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let s = shape(6, 2, 64);
+        let qd = s.q_dim();
+        // Decode rows of 5, 70 and 129 keys over scattered blocks (15 blocks of 16).
+        let tables: Vec<Vec<u32>> = vec![vec![3], vec![0, 7, 5, 1, 9], vec![2, 4, 6, 8, 10, 11, 12, 13, 14]];
+        let refs: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
+        let rows = [(0, 4), (1, 69), (2, 128)];
+        let n = 15 * 16 * s.kv_dim();
+        let k: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let q: Vec<f32> = (0..8 * qd).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let grid = FixedGrid { rows: 8, splits: 4 };
+        let p = build_plan(&s, &rows, &refs, 132, Some(64), Some(grid)).unwrap();
+        assert_eq!((p.rows, p.decode.len(), p.split_len, p.splits), (8, 8, 64, 4));
+        assert!(p.prefill.is_empty());
+        for (r, t) in p.decode.iter().enumerate().skip(3) {
+            assert_eq!(*t, Tile { row: r, rows: 1, seq: 0, pos: 0 }, "padding row {r}");
+        }
+        let own = build_plan(&s, &rows, &refs, 132, Some(64), None).unwrap();
+        assert_eq!((own.rows, own.splits), (3, 3));
+        let got = emulate(&s, &p, &q, &k, &v);
+        assert_eq!(got[..3 * qd], emulate(&s, &own, &q[..3 * qd], &k, &v)[..]);
+        // One short row: its own plan writes out directly (one split), the grid goes through the combine.
+        let one = [(1, 40)];
+        let own = build_plan(&s, &one, &refs, 132, Some(64), None).unwrap();
+        let p = build_plan(&s, &one, &refs, 132, Some(64), Some(FixedGrid { rows: 2, splits: 2 })).unwrap();
+        assert_eq!((own.splits, p.splits), (1, 2));
+        assert_eq!(emulate(&s, &p, &q[..2 * qd], &k, &v)[..qd], emulate(&s, &own, &q[..qd], &k, &v)[..]);
+
+        let e = |rows: &[(usize, usize)], split: Option<usize>, grid| {
+            format!("{:#}", build_plan(&s, rows, &refs, 132, split, Some(grid)).unwrap_err())
+        };
+        assert!(e(&[(2, 10), (2, 11)], Some(64), grid).contains("decode rows only"));
+        assert!(e(&rows, Some(64), FixedGrid { rows: 2, splits: 4 }).contains("do not fit"));
+        assert!(e(&rows, Some(64), FixedGrid { rows: 8, splits: 2 }).contains("129 keys"));
+        assert!(e(&rows, None, grid).contains("pinned split length"));
+        assert!(e(&[], Some(64), grid).contains("at least one row"));
     }
 
     /// The kernels' arithmetic on the CPU, reading only the packed metadata, as `attention.cu` does: block
@@ -752,7 +857,7 @@ mod tests {
             let k: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
             let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let q: Vec<f32> = (0..rows.len() * s.q_dim()).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let plan = build_plan(&s, &rows, &refs, 132, split).unwrap();
+            let plan = build_plan(&s, &rows, &refs, 132, split, None).unwrap();
             assert!(!plan.prefill.is_empty() && !plan.decode.is_empty());
             let got = emulate(&s, &plan, &q, &k, &v);
             let mut want = vec![0f32; got.len()];
