@@ -156,6 +156,48 @@ fn smollm2_batch_of_64_equals_one_at_a_time() {
     }
 }
 
+/// Decode steps replayed as CUDA graphs give exactly the eager steps' tokens, log-probs and alternatives:
+/// 11 requests (12 sequences: greedy, seeded samples, one forked prompt, one asking for top log-probs) of
+/// different lengths, so the batch shrinks through the buckets 12, 8, 4, 2 and 1, and contexts of about 20
+/// to 700 positions, so the split count doubles as they grow (a graph per key, captured again). One model
+/// runs with graphs, a second from the same file without; the first must have captured and replayed.
+#[test]
+fn smollm2_decode_graphs_give_the_eager_tokens() {
+    if gpu_or_skip("smollm2_decode_graphs_give_the_eager_tokens").is_none() {
+        return;
+    }
+    let loaded = mappa::loader::load(&common::smollm2_gguf()).expect("load SmolLM2");
+    let (graphed, eager) = (CudaModel::new(&loaded).unwrap(), CudaModel::new(&loaded).unwrap());
+    eager.set_graphs(false).unwrap();
+    let sampled = |seed, top_logprobs| SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed, top_logprobs };
+    let reqs: Vec<Request> = (0..11)
+        .map(|i| {
+            let samples = match i {
+                4 => vec![sampled(4, 0), sampled(40, 0)],
+                7 => vec![sampled(7, 3)],
+                _ if i % 3 == 0 => vec![greedy()],
+                _ => vec![sampled(i as u64, 0)],
+            };
+            Request { prompt: prompt(i), max_new_tokens: 8 + 9 * i, stop_ids: Vec::new(), samples }
+        })
+        .collect();
+    let cfg = EngineConfig::default();
+    let got = generate_batch(&graphed, reqs.clone(), &cfg).unwrap();
+    let want = generate_batch(&eager, reqs, &cfg).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        for (s, (g, w)) in g.iter().zip(w).enumerate() {
+            assert_eq!(g.tokens, w.tokens, "request {i} sample {s}: tokens with graphs vs without");
+            assert_eq!(g.logprobs, w.logprobs, "request {i} sample {s}: log-probs");
+            assert_eq!(g.top_logprobs, w.top_logprobs, "request {i} sample {s}: alternatives");
+        }
+    }
+    let (on, off) = (graphed.graph_stats().unwrap(), eager.graph_stats().unwrap());
+    eprintln!("with graphs: {on:?}; without: {off:?}");
+    assert_eq!(off, Default::default(), "graphs off: no step goes through them");
+    assert!(on.captured >= 5, "a graph for each bucket at least: {on:?}");
+    assert!(on.replayed > 4 * on.eager, "most decode steps are replays: {on:?}");
+}
+
 /// Constrained rows (a JSON grammar's token mask) are sampled on the host from their downloaded logits: every
 /// token they draw is one the mask allows (the engine fails a sequence that draws outside it), a completed
 /// output parses, and a free request in the same batch draws exactly as it does alone.

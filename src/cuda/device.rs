@@ -70,6 +70,16 @@ impl Gpu {
         Ok(Gpu { ctx, stream, blas, funcs, capability })
     }
 
+    /// The same device and kernels on a new stream of its own, with its own cuBLASLt handle and workspace:
+    /// where a model captures its CUDA graphs (`cuda::graphs`), so that no other thread's launches on the
+    /// shared stream can be caught in a capture. Its workspace is ready when this returns.
+    pub fn twin(&self) -> Result<Gpu> {
+        let stream = self.ctx.new_stream().context("creating a stream for graph capture")?;
+        let blas = Blas::new(stream.clone())?;
+        stream.synchronize()?;
+        Ok(Gpu { ctx: self.ctx.clone(), stream, blas, funcs: self.funcs.clone(), capability: self.capability })
+    }
+
     /// A launch of kernel `name` on the backend's stream; push its arguments, then `launch`.
     pub fn launch(&self, name: &str) -> Result<LaunchArgs<'_>> {
         let f = self.funcs.get(name).ok_or_else(|| anyhow!("no CUDA kernel named {name} in this build"))?;

@@ -4,7 +4,8 @@
 //! Files, bottom up: `device` (context, stream, every kernel loaded once, the probe), `gemm` (cuBLASLt),
 //! one launcher file per kernel family (`norm`, `qkv`, `swiglu`, `attention`, `sample`; for training
 //! `attention_backward`, `colsum`, `lm_head` and `optim`), each naming its CPU twin, and `model` (weights
-//! in one device allocation, the paged KV pool, the batched step) with `train` (scoring, backward, optimizer).
+//! in one device allocation, the paged KV pool, the batched step) with `graphs` (decode steps as CUDA
+//! graphs) and `train` (scoring, backward, optimizer).
 //! Every kernel is tested against its CPU twin in `tests/cuda_*.rs`; those tests skip, saying so, where
 //! there is no device.
 pub mod attention;
@@ -12,6 +13,7 @@ pub mod attention_backward;
 pub mod colsum;
 pub mod device;
 pub mod gemm;
+pub mod graphs;
 pub mod lm_head;
 pub mod model;
 pub mod norm;

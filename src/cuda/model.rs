@@ -20,7 +20,8 @@
 //! token can change at a near-tie.
 //!
 //! Per-step metadata (token ids, positions, pool slots, sampled rows) goes up in one copy; scratch buffers
-//! are kept between steps and grow with the largest step seen.
+//! are kept between steps and grow with the largest step seen. A decode step (every sequence brings one
+//! token) of up to 256 rows is padded to a bucket and replayed as a CUDA graph (`cuda::graphs`).
 //!
 //! A sequence that asks for `top_logprobs` has its row of logits downloaded and its alternatives (and its
 //! sampled token's log-prob, so the two agree exactly) computed on the host by the CPU's function
@@ -31,7 +32,8 @@
 //!
 //! Training (scored forward, backward, optimizer) is in `cuda::train`; top log-probs of a scored sequence
 //! are not supported here yet, and say so.
-use super::attention::{Attention, AttnShape};
+use super::attention::{Attention, AttnShape, FixedGrid};
+use super::graphs::{self, GraphStats, Graphs};
 use super::norm::{self, Rows};
 use super::qkv::{self, QkvExtras, QkvShape};
 use super::sample::Sampler;
@@ -47,7 +49,7 @@ use crate::model::{check_step, Backend, KvPool, Model, Packed, Sampled, StepBatc
 use crate::optim::AdamWConfig;
 use crate::tensor::Weights;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use std::any::Any;
 use std::ops::Range;
@@ -144,6 +146,11 @@ fn kept<T>(o: Option<CudaSlice<T>>) -> Result<CudaSlice<T>> {
     o.context("a recording forward keeps every layer value")
 }
 
+/// The device address of a grown buffer (0 before its first use).
+fn addr<T>(gpu: &Gpu, b: &Grow<T>) -> u64 {
+    b.0.as_ref().map_or(0, |b| b.device_ptr(&gpu.stream).0)
+}
+
 /// A device buffer that grows to the largest size asked of it.
 pub(super) struct Grow<T>(pub(super) Option<CudaSlice<T>>);
 
@@ -172,6 +179,7 @@ pub(super) struct Work {
     /// Built for the block size of the pool it last ran on.
     pub(super) attention: Option<(usize, Attention)>,
     sampler: Sampler,
+    graphs: Graphs,
 }
 
 /// The buffers a layer's forward writes (`LayerScratch` once sized for a step).
@@ -201,6 +209,17 @@ pub(super) struct LayerScratch<'w> {
 }
 
 impl LayerBufs {
+    /// Device addresses of the buffers (0 for one not yet made).
+    fn addresses(&self, gpu: &Gpu) -> [u64; 8] {
+        let b = self;
+        [addr(gpu, &b.x), addr(gpu, &b.delta), addr(gpu, &b.h), addr(gpu, &b.qkv)]
+            .into_iter()
+            .chain([addr(gpu, &b.q), addr(gpu, &b.att), addr(gpu, &b.gate_up), addr(gpu, &b.act)])
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("eight buffers")
+    }
+
     pub(super) fn get(&mut self, gpu: &Gpu, c: &ModelConfig, t: usize) -> Result<LayerScratch<'_>> {
         let (d, qd, kvd, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         Ok(LayerScratch {
@@ -240,7 +259,7 @@ pub(super) enum Saved {
 }
 
 /// `slot`'s attention, built for block size `bs` if it was not, and planned for `rows` (`(sequence, position)`
-/// of each row) over `tables`.
+/// of each row) over `tables`, on `grid` when given.
 pub(super) fn planned_attention<'s>(
     gpu: &Gpu,
     c: &ModelConfig,
@@ -248,6 +267,7 @@ pub(super) fn planned_attention<'s>(
     bs: usize,
     rows: &[(usize, usize)],
     tables: &[&[u32]],
+    grid: Option<FixedGrid>,
 ) -> Result<&'s mut Attention> {
     if slot.as_ref().is_none_or(|(b, _)| *b != bs) {
         let s = AttnShape { n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, block_size: bs };
@@ -256,7 +276,10 @@ pub(super) fn planned_attention<'s>(
         *slot = Some((bs, a));
     }
     let attention = &mut slot.as_mut().expect("set above").1;
-    attention.plan(gpu, rows, tables)?;
+    match grid {
+        Some(grid) => attention.plan_fixed(gpu, rows, tables, grid)?,
+        None => attention.plan(gpu, rows, tables)?,
+    }
     Ok(attention)
 }
 
@@ -316,6 +339,7 @@ impl CudaModel {
             logits: Grow(None),
             attention: None,
             sampler: Sampler::new(),
+            graphs: Graphs::default(),
         };
         Ok(CudaModel {
             gpu,
@@ -336,17 +360,17 @@ impl CudaModel {
     /// sequence of `batch`; returns n. With a training or scoring `pass`, the head's rows are its scored
     /// positions instead, only their normalised hidden states are made (`work.head_in`, no logits: the
     /// fused LM head takes them from there), and with `pass.record` the tape the backward reads is kept.
+    /// Without a pass, a decode step runs as a CUDA graph (`cuda::graphs`) when graphs are on.
     pub(super) fn forward(
         &self,
         w: &mut Work,
         pool: &mut CudaKvPool,
         batch: &StepBatch,
-        mut pass: Option<&mut PackedPass>,
+        pass: Option<&mut PackedPass>,
     ) -> Result<usize> {
         let (gpu, c) = (&*self.gpu, &self.config);
         // cuBLASLt uses the calling thread's current context, and the engine may run on any thread.
         gpu.ctx.bind_to_thread()?;
-        let (d, f) = (c.hidden_size, c.intermediate_size);
         let bs = pool.block_size;
         // Metadata, one upload: token ids, positions, pool slots, then the sampled rows.
         let (mut tokens, mut positions, mut slots, mut picked, mut rows) =
@@ -366,66 +390,123 @@ impl CudaModel {
         if let Some(p) = &pass {
             picked = p.picked.clone();
         }
-        let (t, n) = (tokens.len(), picked.len());
+        let n = picked.len();
+        let decode = pass.is_none() && w.graphs.enabled() && batch.seqs.iter().all(|s| s.tokens.len() == 1);
+        let grid = if decode { graphs::grid(&rows, DECODE_SPLIT_KEYS) } else { None };
+        if let Some(g) = grid {
+            // Padding rows: token 0 at position 0, no pool slot, into the head after the real rows.
+            tokens.resize(g.rows, 0);
+            positions.resize(g.rows, 0);
+            slots.resize(g.rows, -1);
+            picked.resize(g.rows, 0);
+        }
+        // Rows the launches cover, and rows into the head.
+        let (t, heads) = (tokens.len(), picked.len());
         let meta: Vec<i32> = [tokens, positions, slots, picked].concat();
         let dev_meta = w.meta.get(gpu, meta.len())?;
         gpu.stream.memcpy_htod(&meta, &mut dev_meta.slice_mut(0..meta.len()))?;
         let tables: Vec<&[u32]> = batch.seqs.iter().map(|s| s.block_table).collect();
-
-        let meta = &*dev_meta;
-        let tok_view = unsafe { meta.transmute::<u32>(t) }.ok_or_else(|| anyhow!("metadata buffer too small"))?;
-        let (pos_v, slot_v, pick_v) = (meta.slice(t..2 * t), meta.slice(2 * t..3 * t), meta.slice(3 * t..3 * t + n));
-        let attention = planned_attention(gpu, c, &mut w.attention, bs, &rows, &tables)?;
-        let mut s = w.layer.get(gpu, c, t)?;
-        let head_in = w.head_in.get(gpu, n.max(1) * d)?;
-        // A scoring pass never makes logits (the fused head reads head_in): no [n, vocab] buffer for it.
-        let logits = match pass {
-            None => Some(w.logits.get(gpu, n.max(1) * c.vocab_size)?),
-            Some(_) => None,
+        planned_attention(gpu, c, &mut w.attention, bs, &rows, &tables, grid)?;
+        // Every buffer sized before the launches: a capture must not allocate.
+        w.layer.get(gpu, c, t)?;
+        w.head_in.get(gpu, heads.max(1) * c.hidden_size)?;
+        if pass.is_none() {
+            // A scoring pass never makes logits (the fused head reads head_in): no [n, vocab] buffer for it.
+            w.logits.get(gpu, heads.max(1) * c.vocab_size)?;
+        }
+        let Some(grid) = grid else {
+            self.launch_forward(gpu, w, pool, t, heads, pass)?;
+            return Ok(n);
         };
+        let key = graphs::Key { grid, pool_blocks: pool.num_blocks, block_size: bs };
+        let addresses = self.graph_addresses(w, pool);
+        let mut graphs = std::mem::take(&mut w.graphs);
+        let ran = graphs.run(gpu, key, addresses, &mut |g| self.launch_forward(g, w, pool, t, heads, None));
+        w.graphs = graphs;
+        ran?;
+        Ok(n)
+    }
+
+    /// Every device address a decode step's graph holds: the scratch buffers, attention's, the pool and
+    /// the weights. The graph is replayed only while these stay the same.
+    fn graph_addresses(&self, w: &Work, pool: &CudaKvPool) -> Vec<u64> {
+        let gpu = &*self.gpu;
+        let attention = w.attention.as_ref().map_or([0; 3], |(_, a)| a.buffer_addresses(gpu));
+        let mut out = vec![addr(gpu, &w.meta), addr(gpu, &w.head_in), addr(gpu, &w.logits)];
+        out.extend(w.layer.addresses(gpu));
+        out.extend(attention);
+        out.extend([&pool.buf, &self.weights].map(|b| b.device_ptr(&gpu.stream).0));
+        out.push(self.inv_freq.device_ptr(&gpu.stream).0);
+        out
+    }
+
+    /// The forward's launches on `gpu`'s stream over `t` rows, `heads` of them into the LM head, from the
+    /// metadata, attention plan and buffers `forward` made ready (no allocation, copy or synchronisation
+    /// unless `pass` records a tape).
+    fn launch_forward(
+        &self,
+        gpu: &Gpu,
+        w: &mut Work,
+        pool: &mut CudaKvPool,
+        t: usize,
+        heads: usize,
+        mut pass: Option<&mut PackedPass>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let Work { meta, layer, head_in, logits, attention, .. } = w;
+        let meta = meta.0.as_ref().context("the step's metadata is uploaded")?;
+        let tok_view = unsafe { meta.transmute::<u32>(t) }.ok_or_else(|| anyhow!("metadata buffer too small"))?;
+        let (pos_v, slot_v) = (meta.slice(t..2 * t), meta.slice(2 * t..3 * t));
+        let pick_v = meta.slice(3 * t..3 * t + heads);
+        let attention = &mut attention.as_mut().context("the step's attention is planned")?.1;
+        let mut s = layer.get(gpu, c, t)?;
+        let head_in = head_in.get(gpu, heads.max(1) * d)?;
         let (wt, eps) = (&self.weights, c.rms_norm_eps);
         let record = pass.as_ref().map_or(Record::Nothing, |p| p.record);
 
         norm::embed(gpu, &mut s.x.slice_mut(..), &wt.slice(self.embed.clone()), &tok_view, d)?;
         let layer_rows = LayerRows { t, positions: &pos_v, slots: &slot_v };
         for (l, layer) in self.layers.iter().enumerate() {
-            let saved = self.layer_forward(l, &mut s, l > 0, pool, attention, layer_rows, record)?;
+            let saved = self.layer_forward(gpu, l, &mut s, l > 0, pool, attention, layer_rows, record)?;
             if let (Some(p), Some(saved)) = (pass.as_mut(), saved) {
                 p.layers.push(saved);
             }
             let w_down = wt.slice(layer.w_down.clone());
             gpu.blas.linear(&mut s.delta.slice_mut(..), &s.act.slice(..), &w_down, t, f, d, false)?;
         }
-        if n > 0 {
-            let final_norm = wt.slice(self.norm.clone());
-            norm::add_rmsnorm(
-                gpu,
-                &mut s.x.slice_mut(..),
-                Some(&s.delta.slice(..)),
-                &mut head_in.slice_mut(..),
-                &final_norm,
-                Rows::Picked(&pick_v),
-                eps,
-            )?;
-            if let Some(p) = pass {
-                p.x_final = keep(gpu, p.record != Record::Nothing, s.x, t * d)?;
-                return Ok(n);
-            }
-            let head = wt.slice(self.head.clone());
-            let logits = logits.context("a step makes logits")?;
-            gpu.blas.linear(&mut logits.slice_mut(..), &head_in.slice(..), &head, n, d, c.vocab_size, false)?;
+        if heads == 0 {
+            return Ok(());
         }
-        Ok(n)
+        let final_norm = wt.slice(self.norm.clone());
+        norm::add_rmsnorm(
+            gpu,
+            &mut s.x.slice_mut(..),
+            Some(&s.delta.slice(..)),
+            &mut head_in.slice_mut(..),
+            &final_norm,
+            Rows::Picked(&pick_v),
+            eps,
+        )?;
+        if let Some(p) = pass {
+            p.x_final = keep(gpu, p.record != Record::Nothing, s.x, t * d)?;
+            return Ok(());
+        }
+        let head = wt.slice(self.head.clone());
+        let logits = logits.get(gpu, heads * c.vocab_size)?;
+        gpu.blas.linear(&mut logits.slice_mut(..), &head_in.slice(..), &head, heads, d, c.vocab_size, false)?;
+        Ok(())
     }
 
-    /// Layer `l` over a step's rows: the residual stream `s.x` (first grown by the previous layer's output,
+    /// Layer `l` over a step's rows, launched on `gpu`'s stream: the residual stream `s.x` (first grown by the previous layer's output,
     /// `s.delta`, when `add_prev`) through attention (its keys and values written to `pool`) and its residual
     /// add, then the MLP up to its activation `s.act` (the down projection is the caller's, into `s.delta`).
     /// Returns what `record` keeps for the backward: every value, or only the layer's input (from which
     /// `recompute_layer` makes the rest again).
-    #[allow(clippy::too_many_arguments)] // the step's buffers, pool, plan and rows
+    #[allow(clippy::too_many_arguments)] // the stream, the step's buffers, pool, plan and rows
     pub(super) fn layer_forward(
         &self,
+        gpu: &Gpu,
         l: usize,
         s: &mut LayerScratch,
         add_prev: bool,
@@ -434,7 +515,7 @@ impl CudaModel {
         rows: LayerRows,
         record: Record,
     ) -> Result<Option<Saved>> {
-        let (gpu, c, layer, wt) = (&*self.gpu, &self.config, &self.layers[l], &self.weights);
+        let (c, layer, wt) = (&self.config, &self.layers[l], &self.weights);
         let (t, d, qd, kvd, f, eps) =
             (rows.t, c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.rms_norm_eps);
         let all = record == Record::All;
@@ -506,6 +587,18 @@ impl CudaModel {
                 act: kept(keep(gpu, true, s.act, t * f)?)?,
             }))),
         })
+    }
+
+    /// Turns CUDA graphs for decode steps on (the default) or off (every step runs eagerly): for tests and
+    /// benchmarks, which compare the two.
+    pub fn set_graphs(&self, on: bool) -> Result<()> {
+        self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?.graphs.set_enabled(on);
+        Ok(())
+    }
+
+    /// How this model's decode steps have run so far: eagerly, captured as graphs, replayed.
+    pub fn graph_stats(&self) -> Result<GraphStats> {
+        Ok(self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?.graphs.stats())
     }
 
     /// Logits `[n, vocab]` of the last token of each sequence of `batch` that samples, downloaded (no

@@ -341,7 +341,7 @@ impl CudaModel {
     fn planned_for_recompute(&self, rows: &[(usize, usize)], tables: &[Vec<u32>]) -> Result<MutexGuard<'_, Work>> {
         let mut w = self.work.lock().map_err(|_| anyhow!("an earlier CUDA step panicked"))?;
         let tables: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
-        planned_attention(&self.gpu, &self.config, &mut w.attention, BLOCK, rows, &tables)?;
+        planned_attention(&self.gpu, &self.config, &mut w.attention, BLOCK, rows, &tables, None)?;
         Ok(w)
     }
 
@@ -361,7 +361,7 @@ impl CudaModel {
         let attention = &mut attention.as_mut().context("the attention was planned for the recompute")?.1;
         let mut s = layer.get(gpu, c, rows.t)?;
         gpu.stream.memcpy_dtod(&x_in.slice(..), &mut s.x.slice_mut(..rows.t * c.hidden_size))?;
-        match self.layer_forward(l, &mut s, false, pool, attention, rows, Record::All)? {
+        match self.layer_forward(gpu, l, &mut s, false, pool, attention, rows, Record::All)? {
             Some(Saved::All(tape)) => Ok(*tape),
             _ => Err(anyhow!("a recomputed layer kept no tape")),
         }
