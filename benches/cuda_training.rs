@@ -9,44 +9,20 @@
 //!   GEMM ceiling measured here, with the model FLOPs per
 //!   token taken as 6 N (N = parameters in the products, the head included) + 6 L s q_dim (causal attention,
 //!   s the sequence length).
+//!
 //! Medians of REPS runs (default 5) after a warm-up; one JSON object per measurement.
 //!
 //!   cargo bench --bench cuda_training
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 mod gpu_bench;
-use gpu_bench::median;
-use mappa::config::{Arch, ModelConfig};
+use gpu_bench::{median, qwen_05b, random_model};
 use mappa::cuda::lm_head::{chunk_rows, LmHead};
 use mappa::cuda::model::CudaModel;
-use mappa::loader::LoadedModel;
 use mappa::model::{Model, Packed};
 use mappa::optim::AdamWConfig;
-use mappa::tensor::{Tensor, Weights};
 use serde_json::json;
 use std::time::Instant;
-
-/// Qwen2.5-0.5B's shape: 24 layers, hidden 896, 14 query / 2 kv heads of 64, FFN 4,864, vocab 151,936.
-fn qwen_05b() -> ModelConfig {
-    let mut c = common::tiny_config(Arch::Qwen2);
-    (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers) = (151_936, 896, 4864, 24);
-    (c.num_heads, c.num_kv_heads, c.head_dim, c.max_position_embeddings) = (14, 2, 64, 32_768);
-    (c.tie_word_embeddings, c.rope_theta) = (true, 1e6);
-    c
-}
-
-/// Random weights at the scale of a trained model's (matrices about 0.02, norms about 1).
-fn random_model(cfg: ModelConfig, tokenizer: mappa::tokenizer::TokenizerSpec) -> LoadedModel {
-    let raw = common::random_weights(&cfg, 1);
-    let mut weights = Weights::default();
-    for (name, t) in raw.tensors {
-        let scale = if t.shape.len() == 2 { 0.07 } else { 1.0 };
-        let v = t.to_f32().into_iter().map(|x| x * scale).collect();
-        weights.tensors.insert(name, Tensor::from_f32(t.shape.clone(), v));
-    }
-    LoadedModel { config: cfg, weights, tokenizer, path: "random".into() }
-}
 
 fn main() {
     let Some(bench) = gpu_bench::start("cuda_training") else { return };

@@ -9,8 +9,9 @@
 #           bash tools/gpu-check.sh stage 2    # carry .gpu-model/2 (the machine must still be warm)
 #           bash tools/gpu-check.sh run        # carry .gpu-bin.tar.xz: tests, the main job end to end, serve's
 #                                              # memory, benches, peers, memcheck and racecheck, table
-#           bash tools/gpu-check.sh run tests e2e   # only those parts (tests, e2e, bench, sanitize), when
-#                                              # one call's 10 minutes do not hold them all
+#           bash tools/gpu-check.sh run tests e2e   # only those parts (tests, e2e, bench: generation and
+#                                              # its peer, trainbench: training and its peers, sanitize),
+#                                              # when one call's 10 minutes do not hold them all
 #
 # The carry limit is 64 MiB a call, so the 98 MB model travels in two calls before the run; `run` refuses
 # to start without it. Benchmark lines land in $OUT/generate.jsonl (joined with the transformers peer) and
@@ -67,7 +68,7 @@ run)
   done
   export LD_LIBRARY_PATH
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/device.txt" || true
-  parts=" ${*:2} "; [ "$parts" = "  " ] && parts=" tests e2e bench sanitize "
+  parts=" ${*:2} "; [ "$parts" = "  " ] && parts=" tests e2e bench trainbench sanitize "
   want() { [[ "$parts" == *" $1 "* ]]; }
   rows=()
   if want tests; then
@@ -103,13 +104,15 @@ run)
   fi
   if want bench; then
     # Benchmarks: ours, then the transformers peer on the same prompts, joined by batch.
-    BENCH_PROMPTS="$logs/prompts.json" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
+    BENCH_PROMPTS="$logs/prompts.json" REPS="${REPS:-3}" "$BIN/cuda_generate" > "$logs/ours.jsonl" 2> "$logs/cuda_generate.log" \
       && status=ok || status=FAILED
     rows+=("$(printf '%-22s %-7s' cuda_generate "$status")")
     "$BIN/mappa" convert "$MAPPA_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$STAGE/hf" --dtype bf16 > "$logs/convert.log" 2>&1 \
-      && python3 tools/peer_generate.py "$STAGE/hf" "$logs/prompts.json" > "$logs/peer.jsonl" 2> "$logs/peer.log" \
+      && REPS="${REPS:-2}" python3 tools/peer_generate.py "$STAGE/hf" "$logs/prompts.json" > "$logs/peer.jsonl" 2> "$logs/peer.log" \
       && status=ok || status=FAILED
     rows+=("$(printf '%-22s %-7s' transformers_peer "$status")")
+  fi
+  if want trainbench; then
     # Training: ours (fused loss, full steps), then PyTorch eager and Liger-Kernel on the fused loss's shapes.
     "$BIN/cuda_training" > "$logs/train_ours.jsonl" 2> "$logs/cuda_training.log" && status=ok || status=FAILED
     rows+=("$(printf '%-22s %-7s' cuda_training "$status")")
@@ -132,11 +135,11 @@ run)
 import json, sys, pathlib
 d = pathlib.Path(sys.argv[1])
 read = lambda f: [json.loads(l) for l in (d / f).read_text().splitlines() if l.startswith("{")] if (d / f).exists() else []
-peer = {p["batch"]: p["tokens_per_s"] for p in read("peer.jsonl")}
+peer = {(p["model"], p["batch"]): p["tokens_per_s"] for p in read("peer.jsonl")}
 with open(d / "generate.jsonl", "w") as out:
     for m in read("ours.jsonl"):
         if m["name"] == "generate":
-            m["peer_tokens_per_s"] = peer.get(m["batch"])
+            m["peer_tokens_per_s"] = peer.get((m["model"], m["batch"]))
         out.write(json.dumps(m) + "\n")
         print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()
                         if k not in ("device", "commit", "date")))
@@ -154,5 +157,5 @@ PY
   printf '\n%s\n' "---- gpu-check summary ----"; printf '%s\n' "${rows[@]}"
   ! printf '%s\n' "${rows[@]}" | grep -q FAILED
   ;;
-*) echo "usage: $0 build | stage 1|2 | run [tests] [e2e] [bench] [sanitize]" >&2; exit 2 ;;
+*) echo "usage: $0 build | stage 1|2 | run [tests] [e2e] [bench] [trainbench] [sanitize]" >&2; exit 2 ;;
 esac

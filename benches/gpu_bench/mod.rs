@@ -1,6 +1,11 @@
 //! What the GPU benchmarks share: the device or a visible skip, the labels every JSON line carries, medians
-//! of event-timed runs, and the bf16 GEMM ceiling both measure in their own process.
+//! of event-timed runs, the bf16 GEMM ceiling both measure in their own process, and the Qwen2.5-0.5B shape
+//! with random weights both run. A bench that uses it also includes `tests/common` as `common`.
+use crate::common;
+use mappa::config::{Arch, ModelConfig};
 use mappa::cuda::Gpu;
+use mappa::loader::LoadedModel;
+use mappa::tensor::{Tensor, Weights};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -25,6 +30,27 @@ pub fn start(name: &str) -> Option<Bench> {
     let labels =
         json!({"device": gpu.ctx.name().unwrap_or_default(), "commit": env("MAPPA_COMMIT"), "date": env("MAPPA_DATE")});
     Some(Bench { gpu, reps, labels })
+}
+
+/// Qwen2.5-0.5B's shape: 24 layers, hidden 896, 14 query / 2 kv heads of 64, FFN 4,864, vocab 151,936.
+pub fn qwen_05b() -> ModelConfig {
+    let mut c = common::tiny_config(Arch::Qwen2);
+    (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers) = (151_936, 896, 4864, 24);
+    (c.num_heads, c.num_kv_heads, c.head_dim, c.max_position_embeddings) = (14, 2, 64, 32_768);
+    (c.tie_word_embeddings, c.rope_theta) = (true, 1e6);
+    c
+}
+
+/// Random weights at the scale of a trained model's (matrices about 0.02, norms about 1).
+pub fn random_model(cfg: ModelConfig, tokenizer: mappa::tokenizer::TokenizerSpec) -> LoadedModel {
+    let raw = common::random_weights(&cfg, 1);
+    let mut weights = Weights::default();
+    for (name, t) in raw.tensors {
+        let scale = if t.shape.len() == 2 { 0.07 } else { 1.0 };
+        let v = t.to_f32().into_iter().map(|x| x * scale).collect();
+        weights.tensors.insert(name, Tensor::from_f32(t.shape.clone(), v));
+    }
+    LoadedModel { config: cfg, weights, tokenizer, path: "random".into() }
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
