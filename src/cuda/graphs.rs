@@ -6,8 +6,8 @@
 //!
 //! What makes a step's launches the same at every replay:
 //! - its rows are padded to a bucket ([`bucket`]). Padding rows embed token 0 at position 0, append nothing to
-//!   the KV pool (slot -1: `kernels/qkv.cu`), attend to key 0 of the first row's sequence, and go into the LM
-//!   head after the real rows, whose logits are the only ones read;
+//!   the KV pool (slot -1: `kernels/qkv.cu`) and attend to key 0 of the first row's sequence; every row goes
+//!   into the LM head once, the sampled ones first, whose logits are the only ones read ([`head_rows`]);
 //! - attention runs on a [`FixedGrid`]: the bucket's rows, and a power of two of splits of the pinned split
 //!   length, enough for the longest row ([`grid`]);
 //! - the step uploads its metadata (token ids, positions, slots, picked rows; attention's tiles and block
@@ -56,6 +56,18 @@ pub fn grid(rows: &[(usize, usize)], split_keys: usize) -> Option<FixedGrid> {
     let longest = rows.iter().map(|&(_, pos)| pos + 1).max()?;
     let splits = longest.div_ceil(split_keys.max(1)).next_power_of_two();
     Some(FixedGrid { rows: bucket(rows.len())?, splits })
+}
+
+/// The rows into the LM head of a step padded to `rows` rows, from its sampled rows `picked` (distinct, in
+/// sampling order): those first, so that their logits lead in order, then every other row once. Every row
+/// goes in exactly once because the final norm adds the last layer's output to its rows in place: a row
+/// picked twice would be added to twice. The rows not sampled are computed and never read.
+pub fn head_rows(picked: &mut Vec<i32>, rows: usize) {
+    let mut taken = vec![false; rows];
+    for &r in picked.iter() {
+        taken[r as usize] = true;
+    }
+    picked.extend((0..rows).filter(|&r| !taken[r]).map(|r| r as i32));
 }
 
 /// What a graph is captured for: the grid, and the KV pool's geometry (a layer's keys start at an offset
@@ -197,6 +209,19 @@ mod tests {
             sizes.insert(b);
         }
         assert_eq!(sizes.len(), 14, "{sizes:?}");
+    }
+
+    #[test]
+    fn the_head_takes_every_row_once_the_sampled_first() {
+        let mut picked = vec![3, 0];
+        head_rows(&mut picked, 6);
+        assert_eq!(picked, [3, 0, 1, 2, 4, 5]);
+        let mut none = Vec::new();
+        head_rows(&mut none, 2);
+        assert_eq!(none, [0, 1]);
+        let mut all = vec![1, 0];
+        head_rows(&mut all, 2);
+        assert_eq!(all, [1, 0]);
     }
 
     #[test]

@@ -394,11 +394,11 @@ impl CudaModel {
         let decode = pass.is_none() && w.graphs.enabled() && batch.seqs.iter().all(|s| s.tokens.len() == 1);
         let grid = if decode { graphs::grid(&rows, DECODE_SPLIT_KEYS) } else { None };
         if let Some(g) = grid {
-            // Padding rows: token 0 at position 0, no pool slot, into the head after the real rows.
+            // Padding rows: token 0 at position 0, no pool slot; every row into the head once.
             tokens.resize(g.rows, 0);
             positions.resize(g.rows, 0);
             slots.resize(g.rows, -1);
-            picked.resize(g.rows, 0);
+            graphs::head_rows(&mut picked, g.rows);
         }
         // Rows the launches cover, and rows into the head.
         let (t, heads) = (tokens.len(), picked.len());
