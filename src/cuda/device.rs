@@ -1,5 +1,7 @@
 //! One CUDA device as the backend uses it: a context, one stream that every launch and copy goes to (so
 //! work is ordered without events), every kernel of `kernels::PTX_*` loaded once, and a cuBLASLt handle.
+//! The one exception is a CUDA graph's capture, which goes to a model's private twin stream (`Gpu::twin`);
+//! the graph then runs on the shared stream.
 //!
 //! Probing never panics: cudarc's `CudaContext::new` panics when libcuda is missing, so `device` checks for
 //! the library first and reports no device instead.
