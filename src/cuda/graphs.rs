@@ -140,7 +140,8 @@ impl Graphs {
 
     /// Runs a decode step's forward, `body`, which launches on the stream of the `Gpu` it is given: eagerly
     /// on `gpu` the first time `key` comes with these buffer `addresses`, else as its graph (captured now if
-    /// it was not yet), launched on `gpu`'s stream.
+    /// it was not yet), launched on `gpu`'s stream. A capture that fails turns graphs off for this model,
+    /// with a warning, and the step runs eagerly: graphs are a speed-up, never a reason for a step to fail.
     pub fn run(
         &mut self,
         gpu: &Gpu,
@@ -148,42 +149,51 @@ impl Graphs {
         addresses: Vec<u64>,
         body: &mut dyn FnMut(&Gpu) -> Result<()>,
     ) -> Result<()> {
-        let entry = match self.graphs.get_mut(&key) {
-            Some(e) if e.addresses == addresses => e,
-            _ => {
-                body(gpu)?;
-                self.graphs.insert(key, Entry { addresses, graph: None });
-                self.stats.eager += 1;
-                return Ok(());
+        if self.graphs.get(&key).is_none_or(|e| e.addresses != addresses) {
+            body(gpu)?;
+            self.graphs.insert(key, Entry { addresses, graph: None });
+            self.stats.eager += 1;
+            return Ok(());
+        }
+        if self.graphs[&key].graph.is_none() {
+            match self.capture(gpu, body) {
+                Ok(graph) => self.graphs.get_mut(&key).expect("seen above").graph = Some(Captured(graph)),
+                Err(e) => {
+                    // Nothing ran in the capture: the step runs eagerly, and so does every later one.
+                    eprintln!(
+                        "warning: capturing a decode step ({key:?}) as a CUDA graph failed ({e:#}); running eagerly"
+                    );
+                    self.enabled = false;
+                    body(gpu)?;
+                    self.stats.eager += 1;
+                    return Ok(());
+                }
             }
-        };
-        if entry.graph.is_none() {
-            let twin = match &self.twin {
-                Some((twin, _)) => twin,
-                None => &self.twin.insert((gpu.twin()?, gpu.stream.clone())).0,
-            };
-            let graph = capture(twin, body).with_context(|| format!("capturing a decode step ({key:?})"))?;
-            entry.graph = Some(Captured(graph));
             self.stats.captured += 1;
         }
-        let Captured(graph) = entry.graph.as_ref().expect("captured above");
+        let Captured(graph) = self.graphs[&key].graph.as_ref().expect("captured above");
         unsafe { cudarc::driver::result::graph::launch(graph.cu_graph_exec(), gpu.stream.cu_stream()) }
             .context("launching a decode step's CUDA graph")?;
         self.stats.replayed += 1;
         Ok(())
     }
-}
 
-/// `body`'s launches on `twin`'s stream, captured (not run) and instantiated. Thread-local capture mode:
-/// only this thread is barred from calls that would break it, and `body` makes none (no allocation, no
-/// copy, no synchronisation: `cuda::model` sizes every buffer first).
-fn capture(twin: &Gpu, body: &mut dyn FnMut(&Gpu) -> Result<()>) -> Result<CudaGraph> {
-    twin.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    let launched = body(twin);
-    // Ended whatever happened, so the stream leaves capture mode.
-    let graph = twin.stream.end_capture(CUgraphInstantiate_flags(0));
-    launched?;
-    graph?.context("the capture recorded no work")
+    /// `body`'s launches on the twin stream (made at the first capture), captured (not run) and
+    /// instantiated. Thread-local capture mode: only this thread is barred from calls that would break the
+    /// capture, and `body` makes none (no allocation, copy or synchronisation: `cuda::model` sizes every
+    /// buffer first).
+    fn capture(&mut self, gpu: &Gpu, body: &mut dyn FnMut(&Gpu) -> Result<()>) -> Result<CudaGraph> {
+        if self.twin.is_none() {
+            self.twin = Some((gpu.twin()?, gpu.stream.clone()));
+        }
+        let (twin, _) = self.twin.as_ref().expect("made above");
+        twin.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let launched = body(twin);
+        // Ended whatever happened, so the stream leaves capture mode.
+        let graph = twin.stream.end_capture(CUgraphInstantiate_flags(0));
+        launched?;
+        graph?.context("the capture recorded no work")
+    }
 }
 
 #[cfg(test)]
