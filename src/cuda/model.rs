@@ -212,12 +212,8 @@ impl LayerBufs {
     /// Device addresses of the buffers (0 for one not yet made).
     fn addresses(&self, gpu: &Gpu) -> [u64; 8] {
         let b = self;
-        [addr(gpu, &b.x), addr(gpu, &b.delta), addr(gpu, &b.h), addr(gpu, &b.qkv)]
-            .into_iter()
-            .chain([addr(gpu, &b.q), addr(gpu, &b.att), addr(gpu, &b.gate_up), addr(gpu, &b.act)])
-            .collect::<Vec<_>>()
-            .try_into()
-            .expect("eight buffers")
+        let (x, delta, h, qkv) = (addr(gpu, &b.x), addr(gpu, &b.delta), addr(gpu, &b.h), addr(gpu, &b.qkv));
+        [x, delta, h, qkv, addr(gpu, &b.q), addr(gpu, &b.att), addr(gpu, &b.gate_up), addr(gpu, &b.act)]
     }
 
     pub(super) fn get(&mut self, gpu: &Gpu, c: &ModelConfig, t: usize) -> Result<LayerScratch<'_>> {
