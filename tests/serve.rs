@@ -235,6 +235,8 @@ fn openai_ranges_and_unsupported_fields() {
     let refused = [
         ("temperature", json!(2.5), "invalid_value"),
         ("n", json!(129), "invalid_value"),
+        // Beyond the 64 sequences the engine runs at once (was a 500 from the engine).
+        ("n", json!(65), "invalid_value"),
         ("stop", json!(["a", "b", "c", "d", "e"]), "invalid_value"),
         ("presence_penalty", json!(0.5), "unsupported"),
         ("frequency_penalty", json!(-1), "unsupported"),

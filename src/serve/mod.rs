@@ -148,6 +148,9 @@ struct Served {
     vocab: usize,
     /// The model's context length (`max_position_embeddings`): prompt and completion together.
     context: usize,
+    /// The most choices (`n`) one request may ask for: OpenAI's bound, or fewer where the engine runs fewer
+    /// sequences at once (a request's samples run together).
+    max_n: u64,
     default_max_tokens: usize,
     /// Unix seconds at startup: the model's `created`.
     created: u64,
@@ -180,6 +183,7 @@ impl Served {
             backend,
             vocab: loaded.config.vocab_size,
             context: loaded.config.max_position_embeddings,
+            max_n: request::MAX_N.min(cfg.max_seqs as u64),
             default_max_tokens: a.max_tokens,
             created: unix_now(),
             metrics: metrics::Counters::default(),

@@ -131,8 +131,9 @@ impl Common {
             return Err(unsupported("logit_bias", "only an empty map is accepted"));
         }
         let n = self.n.unwrap_or(1);
-        if !(1..=MAX_N).contains(&n) {
-            return Err(invalid("n", format!("n must be in [1, {MAX_N}], got {n}")));
+        if !(1..=served.max_n).contains(&n) {
+            let why = if served.max_n < MAX_N { " (this server runs that many sequences at once)" } else { "" };
+            return Err(invalid("n", format!("n must be in [1, {}], got {n}{why}", served.max_n)));
         }
         let params = self.sampling(top_logprobs)?;
         let stops = match self.stop {
