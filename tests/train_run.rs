@@ -399,6 +399,12 @@ fn start_up_checks_fail_before_anything_is_written() {
     let err = format!("{:#}", Run::open(Open::New(Box::new(cfg.clone()))).err().expect("a missing interpreter"));
     assert!(err.contains("sandbox") && err.contains("no-such-python"), "{err}");
     assert!(!cfg.run_dir().exists());
+    // A configuration built in code is validated as a loaded one is: here its eval file is its training file.
+    let mut same = config(tmp.path(), 1);
+    same.data.eval = vec![same.data.train.clone()];
+    let err = format!("{:#}", Run::open(Open::New(Box::new(same.clone()))).err().expect("eval = train"));
+    assert!(err.contains("train and eval files must differ"), "{err}");
+    assert!(!same.run_dir().exists());
 
     let model = mappa::loader::load(&tmp.path().join("base")).unwrap();
     let params: usize = model.weights.tensors.values().map(|t| t.numel()).sum();

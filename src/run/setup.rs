@@ -50,6 +50,8 @@ fn open_locked(how: Open, fresh: &mut Option<FreshDir>) -> Result<Run> {
             (RunConfig::load(dir.join("config.toml"))?, Some((dir.to_path_buf(), lock)))
         }
         Open::New(cfg) => {
+            // A configuration built in code is checked as a loaded one is.
+            cfg.validate().map_err(|e| anyhow::anyhow!("invalid run configuration:\n{e}"))?;
             check_fresh(&cfg.run_dir())?;
             (*cfg, None)
         }
