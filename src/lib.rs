@@ -32,6 +32,7 @@ pub mod run_config;
 pub mod sample;
 pub mod sandbox;
 pub mod serve;
+pub mod template;
 pub mod tensor;
 pub mod tokenizer;
 pub mod trainer;

@@ -57,7 +57,7 @@ impl Tokenizer {
         stop_ids.extend(named_eos.chain(turn_ends).filter_map(|t| inner.token_to_id(t)));
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        let mut env = minijinja::Environment::new();
+        let mut env = crate::template::environment();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

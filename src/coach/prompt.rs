@@ -66,7 +66,7 @@ pub struct CoachPrompt {
 impl CoachPrompt {
     /// Loads `template`; fails on syntax errors and on variables it uses but the coach does not provide.
     pub fn new(template: &str, tool_output_limit: usize) -> Result<CoachPrompt> {
-        let mut env = Environment::new();
+        let mut env = crate::template::environment();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_template_owned("coach", template.to_string()).context("coach prompt template")?;
         let prompt = CoachPrompt { env, tool_output_limit };

@@ -24,7 +24,7 @@ pub struct AgentPrompts {
 
 impl AgentPrompts {
     pub fn new(cfg: &RunConfig) -> Result<AgentPrompts> {
-        let mut env = Environment::new();
+        let mut env = crate::template::environment();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         for (i, a) in cfg.agents.iter().enumerate() {
             env.add_template_owned(template_name(i), a.prompt.clone())
