@@ -73,7 +73,9 @@ run)
   rows=()
   if want tests; then
     for name in "${TESTS[@]}"; do
-      if "$BIN/$name" --test-threads=1 > "$logs/$name.log" 2>&1; then status=ok; else status=FAILED; fi
+      # A time limit per binary, so a hang costs one row, not the call's remaining minutes.
+      if timeout 240 "$BIN/$name" --test-threads=1 > "$logs/$name.log" 2>&1; then status=ok
+      else [ $? = 124 ] && status=TIMEOUT || status=FAILED; fi
       summary=$(grep -E '^test result:' "$logs/$name.log" | tail -1 | sed 's/test result: //')
       skipped=$(grep -c '^SKIPPED' "$logs/$name.log" || true)
       rows+=("$(printf '%-22s %-7s skipped %-3s %s' "$name" "$status" "$skipped" "$summary")")
@@ -125,8 +127,8 @@ run)
     # its racecheck (shared-memory hazards).
     for tool in memcheck racecheck; do
       for name in cuda_kernels cuda_attention cuda_sample cuda_train; do
-        if compute-sanitizer --tool "$tool" --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.$tool.log" 2>&1; then
-          status=ok; else status=FAILED; fi
+        if timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 1 "$BIN/$name" --test-threads=1 > "$logs/$name.$tool.log" 2>&1; then
+          status=ok; else [ $? = 124 ] && status=TIMEOUT || status=FAILED; fi
         rows+=("$(printf '%-22s %-7s %s' "$name:$tool" "$status" "$(grep -E 'ERROR SUMMARY' "$logs/$name.$tool.log" | tail -1)")")
       done
     done
@@ -155,7 +157,7 @@ with open(d / "train.jsonl", "w") as out:
                             if k not in ("device", "commit", "date")))
 PY
   printf '\n%s\n' "---- gpu-check summary ----"; printf '%s\n' "${rows[@]}"
-  ! printf '%s\n' "${rows[@]}" | grep -q FAILED
+  ! printf '%s\n' "${rows[@]}" | grep -qE 'FAILED|TIMEOUT'
   ;;
 *) echo "usage: $0 build | stage 1|2 | run [tests] [e2e] [bench] [trainbench] [sanitize]" >&2; exit 2 ;;
 esac
