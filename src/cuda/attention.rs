@@ -373,10 +373,7 @@ impl Attention {
     /// Device addresses of the metadata and split scratch buffers (0 for one not yet made): a captured launch
     /// holds them, so it is valid only while they stay.
     pub fn buffer_addresses(&self, gpu: &Gpu) -> [u64; 3] {
-        fn at<T>(gpu: &Gpu, b: &Option<CudaSlice<T>>) -> u64 {
-            b.as_ref().map_or(0, |b| b.device_ptr(&gpu.stream).0)
-        }
-        [at(gpu, &self.meta), at(gpu, &self.part_acc), at(gpu, &self.part_ml)]
+        [gpu.address(self.meta.as_ref()), gpu.address(self.part_acc.as_ref()), gpu.address(self.part_ml.as_ref())]
     }
 
     fn plan_on(

@@ -8,7 +8,7 @@
 use super::gemm::Blas;
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchArgs, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -80,6 +80,11 @@ impl Gpu {
         let blas = Blas::new(stream.clone())?;
         stream.synchronize()?;
         Ok(Gpu { ctx: self.ctx.clone(), stream, blas, funcs: self.funcs.clone(), capability: self.capability })
+    }
+
+    /// The device address of a buffer, 0 for none: what a captured CUDA graph holds (`cuda::graphs`).
+    pub fn address<T>(&self, b: Option<&CudaSlice<T>>) -> u64 {
+        b.map_or(0, |b| b.device_ptr(&self.stream).0)
     }
 
     /// A launch of kernel `name` on the backend's stream; push its arguments, then `launch`.

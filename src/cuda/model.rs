@@ -49,7 +49,7 @@ use crate::model::{check_step, Backend, KvPool, Model, Packed, Sampled, StepBatc
 use crate::optim::AdamWConfig;
 use crate::tensor::Weights;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use std::any::Any;
 use std::ops::Range;
@@ -146,17 +146,19 @@ fn kept<T>(o: Option<CudaSlice<T>>) -> Result<CudaSlice<T>> {
     o.context("a recording forward keeps every layer value")
 }
 
-/// The device address of a grown buffer (0 before its first use).
-fn addr<T>(gpu: &Gpu, b: &Grow<T>) -> u64 {
-    b.0.as_ref().map_or(0, |b| b.device_ptr(&gpu.stream).0)
-}
-
 /// A device buffer that grows to the largest size asked of it.
 pub(super) struct Grow<T>(pub(super) Option<CudaSlice<T>>);
 
 impl<T> Default for Grow<T> {
     fn default() -> Self {
         Grow(None)
+    }
+}
+
+impl<T> Grow<T> {
+    /// Its device address (0 before its first use).
+    fn address(&self, gpu: &Gpu) -> u64 {
+        gpu.address(self.0.as_ref())
     }
 }
 
@@ -212,8 +214,8 @@ impl LayerBufs {
     /// Device addresses of the buffers (0 for one not yet made).
     fn addresses(&self, gpu: &Gpu) -> [u64; 8] {
         let b = self;
-        let (x, delta, h, qkv) = (addr(gpu, &b.x), addr(gpu, &b.delta), addr(gpu, &b.h), addr(gpu, &b.qkv));
-        [x, delta, h, qkv, addr(gpu, &b.q), addr(gpu, &b.att), addr(gpu, &b.gate_up), addr(gpu, &b.act)]
+        let (x, delta, h, qkv) = (b.x.address(gpu), b.delta.address(gpu), b.h.address(gpu), b.qkv.address(gpu));
+        [x, delta, h, qkv, b.q.address(gpu), b.att.address(gpu), b.gate_up.address(gpu), b.act.address(gpu)]
     }
 
     pub(super) fn get(&mut self, gpu: &Gpu, c: &ModelConfig, t: usize) -> Result<LayerScratch<'_>> {
@@ -428,11 +430,10 @@ impl CudaModel {
     fn graph_addresses(&self, w: &Work, pool: &CudaKvPool) -> Vec<u64> {
         let gpu = &*self.gpu;
         let attention = w.attention.as_ref().map_or([0; 3], |(_, a)| a.buffer_addresses(gpu));
-        let mut out = vec![addr(gpu, &w.meta), addr(gpu, &w.head_in), addr(gpu, &w.logits)];
+        let mut out = vec![w.meta.address(gpu), w.head_in.address(gpu), w.logits.address(gpu)];
         out.extend(w.layer.addresses(gpu));
         out.extend(attention);
-        out.extend([&pool.buf, &self.weights].map(|b| b.device_ptr(&gpu.stream).0));
-        out.push(self.inv_freq.device_ptr(&gpu.stream).0);
+        out.extend([gpu.address(Some(&pool.buf)), gpu.address(Some(&self.weights)), gpu.address(Some(&self.inv_freq))]);
         out
     }
 
@@ -494,9 +495,10 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Layer `l` over a step's rows, launched on `gpu`'s stream: the residual stream `s.x` (first grown by the previous layer's output,
-    /// `s.delta`, when `add_prev`) through attention (its keys and values written to `pool`) and its residual
-    /// add, then the MLP up to its activation `s.act` (the down projection is the caller's, into `s.delta`).
+    /// Layer `l` over a step's rows, launched on `gpu`'s stream: the residual stream `s.x` (first grown by the
+    /// previous layer's output, `s.delta`, when `add_prev`) through attention (its keys and values written to
+    /// `pool`) and its residual add, then the MLP up to its activation `s.act` (the down projection is the
+    /// caller's, into `s.delta`).
     /// Returns what `record` keeps for the backward: every value, or only the layer's input (from which
     /// `recompute_layer` makes the rest again).
     #[allow(clippy::too_many_arguments)] // the stream, the step's buffers, pool, plan and rows
